@@ -1,0 +1,494 @@
+//! The manifest: one record per stored instance, kept in the metadata
+//! cluster's Raft state machine. It names the instance (tenant, DICOM UIDs),
+//! pins its content (size, blake3), says how it was encoded (EC parameters,
+//! object key) and where every shard of every segment lives.
+//!
+//! The record carries [`MANIFEST_FORMAT_VERSION`]; golden JSON of version 1
+//! sits in `tests/fixtures/` so the format cannot drift silently. Hashes and
+//! keys are hex strings in JSON and plain bytes in bincode (see `hex.rs`).
+//!
+//! [`Manifest::validate`] is the structural gate the state machine applies
+//! before accepting a manifest; [`Manifest::same_content`] is the idempotence
+//! check (same instance, same bytes: placement may differ).
+
+use std::fmt;
+
+use kura_erasure::EcParams;
+use serde::{Deserialize, Serialize};
+
+use crate::error::PlacementError;
+use crate::map::{ClusterMap, NodeId};
+use crate::placement::protection_of;
+
+/// The manifest format this build writes. Readers accept exactly the
+/// versions they know; a newer record is refused, not misread.
+pub const MANIFEST_FORMAT_VERSION: u16 = 1;
+
+/// One stored instance: its identity, its bytes' hash, and where every
+/// shard of every segment lives. `Debug` leaves out the patient ID: a
+/// manifest may reach logs (openraft logs entries), patient data must not.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT_VERSION`] when written.
+    pub format_version: u16,
+    pub tenant: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub patient_id: String,
+    pub modality: String,
+    pub study_date: String,
+    /// Object size in bytes.
+    pub size: u64,
+    /// blake3 of the whole object.
+    #[serde(with = "crate::hex")]
+    pub blake3: [u8; 32],
+    /// The key in every shard header of this object; placement hashes on it.
+    #[serde(with = "crate::hex")]
+    pub object_key: [u8; 32],
+    pub ec: EcParams,
+    /// One entry per segment, in order.
+    pub segments: Vec<SegmentManifest>,
+    pub protection: Protection,
+    /// Bumped by every compare-and-set.
+    pub version: u64,
+    pub stored_at_unix_ms: i64,
+    pub updated_at_unix_ms: i64,
+    pub retain_until_unix_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("format_version", &self.format_version)
+            .field("tenant", &self.tenant)
+            .field("sop_instance_uid", &self.sop_instance_uid)
+            .field("sop_class_uid", &self.sop_class_uid)
+            .field("study_instance_uid", &self.study_instance_uid)
+            .field("series_instance_uid", &self.series_instance_uid)
+            .field("transfer_syntax_uid", &self.transfer_syntax_uid)
+            .field("patient_id", &"<redacted>")
+            .field("modality", &self.modality)
+            .field("study_date", &self.study_date)
+            .field("size", &self.size)
+            .field("blake3", &self.blake3_hex())
+            .field("object_key", &self.object_key_hex())
+            .field("ec", &self.ec)
+            .field("segments", &self.segments)
+            .field("protection", &self.protection)
+            .field("version", &self.version)
+            .field("stored_at_unix_ms", &self.stored_at_unix_ms)
+            .field("updated_at_unix_ms", &self.updated_at_unix_ms)
+            .field("retain_until_unix_ms", &self.retain_until_unix_ms)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentManifest {
+    pub index: u32,
+    /// Object bytes in this segment (all but the last hold `segment_bytes`).
+    pub data_len: u32,
+    /// k + m entries, by shard index.
+    pub shards: Vec<ShardLocation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLocation {
+    pub index: u8,
+    /// `None` = not placed (under-protected). The shard's blake3 and length
+    /// are still known: the gateway encoded it, it found no node to hold it.
+    pub node: Option<NodeId>,
+    /// blake3 of the shard payload.
+    #[serde(with = "crate::hex")]
+    pub blake3: [u8; 32],
+    /// Payload length in bytes.
+    pub len: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protection {
+    /// Every shard placed, one per node, at most m per site (multi-site).
+    Full,
+    /// Written while placement could not give full protection (a site or
+    /// nodes down): readable, repaired once placement allows.
+    UnderProtected,
+}
+
+impl Protection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::Full => "full",
+            Protection::UnderProtected => "under-protected",
+        }
+    }
+
+    /// Both full, or else under-protected: the protection of an object is
+    /// that of its weakest segment.
+    pub fn and(self, other: Protection) -> Protection {
+        if self == Protection::Full && other == Protection::Full {
+            Protection::Full
+        } else {
+            Protection::UnderProtected
+        }
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A deterministic object key for an instance: the same tenant, UID and
+/// content always get the same key (so a retried store lands on, and
+/// overwrites, its own orphan shards), different content a different one.
+pub fn derive_object_key(
+    tenant: &str,
+    sop_instance_uid: &str,
+    content_blake3: &[u8; 32],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("kura 2025 object key v1");
+    for part in [tenant.as_bytes(), sop_instance_uid.as_bytes()] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(content_blake3);
+    *h.finalize().as_bytes()
+}
+
+impl Manifest {
+    /// Structural checks: a known format version, non-empty identity, valid
+    /// EC parameters, the segment count and lengths that `size` and `ec`
+    /// imply, k + m shards per segment in index order with the lengths the
+    /// code produces, no node twice in a segment, and `Full` only when every
+    /// shard is placed.
+    pub fn validate(&self) -> Result<(), PlacementError> {
+        let fail = |reason: String| PlacementError::InvalidManifest {
+            tenant: self.tenant.clone(),
+            sop_instance_uid: self.sop_instance_uid.clone(),
+            reason,
+        };
+        if self.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(fail(format!(
+                "format version {} is not one this build reads ({MANIFEST_FORMAT_VERSION})",
+                self.format_version
+            )));
+        }
+        for (field, value) in [
+            ("tenant", &self.tenant),
+            ("sop_instance_uid", &self.sop_instance_uid),
+            ("sop_class_uid", &self.sop_class_uid),
+            ("study_instance_uid", &self.study_instance_uid),
+            ("series_instance_uid", &self.series_instance_uid),
+            ("transfer_syntax_uid", &self.transfer_syntax_uid),
+        ] {
+            if value.is_empty() {
+                return Err(fail(format!("{field} is empty")));
+            }
+        }
+        self.ec
+            .validate()
+            .map_err(|e| fail(format!("EC parameters {}: {e}", self.ec)))?;
+        if self.size > self.ec.object_bytes_max() {
+            return Err(fail(format!(
+                "size {} exceeds the {} bytes {} can describe",
+                self.size,
+                self.ec.object_bytes_max(),
+                self.ec
+            )));
+        }
+        let expected_segments = self.ec.segment_count(self.size);
+        if self.segments.len() as u64 != expected_segments {
+            return Err(fail(format!(
+                "{} segments, but {} bytes in segments of {} make {expected_segments}",
+                self.segments.len(),
+                self.size,
+                self.ec.segment_bytes
+            )));
+        }
+        let n = self.ec.total_shards();
+        let mut any_unplaced = false;
+        for (position, segment) in self.segments.iter().enumerate() {
+            let fail_segment = |what: String| fail(format!("segment {position}: {what}"));
+            if u64::from(segment.index) != position as u64 {
+                return Err(fail_segment(format!("has index {}", segment.index)));
+            }
+            let expected_len = self.ec.segment_len(self.size, segment.index);
+            if Some(segment.data_len) != expected_len {
+                return Err(fail_segment(format!(
+                    "data_len {} but the object implies {expected_len:?}",
+                    segment.data_len
+                )));
+            }
+            if segment.shards.len() != n {
+                return Err(fail_segment(format!(
+                    "{} shards, {} has {n}",
+                    segment.shards.len(),
+                    self.ec
+                )));
+            }
+            let shard_len = self.ec.shard_len(segment.data_len);
+            let mut nodes: Vec<NodeId> = Vec::with_capacity(n);
+            for (i, shard) in segment.shards.iter().enumerate() {
+                if usize::from(shard.index) != i {
+                    return Err(fail_segment(format!(
+                        "shard in position {i} has index {}",
+                        shard.index
+                    )));
+                }
+                if shard.len != shard_len {
+                    return Err(fail_segment(format!(
+                        "shard {i} is {} bytes, {} makes {shard_len} from {} bytes",
+                        shard.len, self.ec, segment.data_len
+                    )));
+                }
+                match shard.node {
+                    Some(node) if nodes.contains(&node) => {
+                        return Err(fail_segment(format!(
+                            "node {node} holds two shards (architecture invariant: one per node)"
+                        )));
+                    }
+                    Some(node) => nodes.push(node),
+                    None => any_unplaced = true,
+                }
+            }
+        }
+        if any_unplaced && self.protection == Protection::Full {
+            return Err(fail(
+                "protection is Full but some shards are not placed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The idempotence check: the same instance of the same tenant with the
+    /// same bytes. Placement, timestamps and version may differ.
+    pub fn same_content(&self, other: &Manifest) -> bool {
+        self.tenant == other.tenant
+            && self.sop_instance_uid == other.sop_instance_uid
+            && self.size == other.size
+            && self.blake3 == other.blake3
+    }
+
+    /// The record's key: (tenant, SOP Instance UID).
+    pub fn key(&self) -> (&str, &str) {
+        (&self.tenant, &self.sop_instance_uid)
+    }
+
+    pub fn blake3_hex(&self) -> String {
+        crate::hex::encode(&self.blake3)
+    }
+
+    pub fn object_key_hex(&self) -> String {
+        crate::hex::encode(&self.object_key)
+    }
+
+    pub fn segment(&self, index: u32) -> Option<&SegmentManifest> {
+        self.segments.get(usize::try_from(index).ok()?)
+    }
+
+    /// Every (segment, shard index) held by `node`: what a drain or a lost
+    /// node affects.
+    pub fn shards_on(&self, node: NodeId) -> impl Iterator<Item = (u32, u8)> + '_ {
+        self.segments.iter().flat_map(move |segment| {
+            segment
+                .shards
+                .iter()
+                .filter(move |s| s.node == Some(node))
+                .map(move |s| (segment.index, s.index))
+        })
+    }
+
+    /// Records a new holder for one shard (after repair wrote it). Does not
+    /// touch `version` or `protection`: the compare-and-set that stores the
+    /// result decides those (see [`Manifest::protection_in`]).
+    pub fn set_holder(
+        &mut self,
+        segment: u32,
+        index: u8,
+        node: Option<NodeId>,
+    ) -> Result<(), PlacementError> {
+        let shard = usize::try_from(segment)
+            .ok()
+            .and_then(|s| self.segments.get_mut(s))
+            .and_then(|s| s.shards.get_mut(usize::from(index)))
+            .ok_or(PlacementError::NoSuchShard { segment, index })?;
+        shard.node = node;
+        Ok(())
+    }
+
+    /// The protection the recorded placement has under `map` now: the
+    /// weakest segment's (see [`protection_of`]).
+    pub fn protection_in(&self, map: &ClusterMap) -> Protection {
+        self.segments
+            .iter()
+            .map(|segment| {
+                let holders: Vec<Option<NodeId>> = segment.shards.iter().map(|s| s.node).collect();
+                protection_of(map, &self.ec, &holders)
+            })
+            .fold(Protection::Full, Protection::and)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::NodeState;
+    use crate::testutil::{map_of, object_key, placed_manifest, rs, with_site_state};
+
+    const SIZE_BYTES: u64 = 2 * 4 * 1024 * 1024 + 1000;
+
+    fn manifest() -> Manifest {
+        placed_manifest(&map_of(&[3, 3, 3]), &rs(5, 4), SIZE_BYTES, object_key(9))
+    }
+
+    #[test]
+    fn a_placed_manifest_is_valid() {
+        let m = manifest();
+        m.validate().unwrap();
+        assert_eq!(m.segments.len(), 3);
+        assert_eq!(m.segments[2].data_len, 1000);
+        assert_eq!(m.key(), ("t1", "1.2.3.4"));
+        assert_eq!(m.blake3_hex().len(), 64);
+        assert_eq!(m.object_key_hex(), crate::hex::encode(&object_key(9)));
+        assert_eq!(m.segment(2).unwrap().index, 2);
+        assert!(m.segment(3).is_none());
+    }
+
+    #[test]
+    fn validate_refuses_structural_errors() {
+        type Mutation = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|m| m.format_version = 2), "format version 2"),
+            (Box::new(|m| m.format_version = 0), "format version 0"),
+            (Box::new(|m| m.tenant.clear()), "tenant is empty"),
+            (
+                Box::new(|m| m.sop_instance_uid.clear()),
+                "sop_instance_uid is empty",
+            ),
+            (
+                Box::new(|m| m.transfer_syntax_uid.clear()),
+                "transfer_syntax_uid is empty",
+            ),
+            (
+                Box::new(|m| m.ec.parity_shards = 0),
+                "EC parameters RS(5,0)",
+            ),
+            (Box::new(|m| m.size += 8 * 1024 * 1024), "make 5"),
+            (
+                Box::new(|m| m.segments[1].index = 7),
+                "segment 1: has index 7",
+            ),
+            (Box::new(|m| m.segments[2].data_len = 999), "data_len 999"),
+            (
+                Box::new(|m| m.segments[0].shards.truncate(8)),
+                "8 shards, RS(5,4) has 9",
+            ),
+            (
+                Box::new(|m| m.segments[0].shards.swap(1, 2)),
+                "position 1 has index 2",
+            ),
+            (Box::new(|m| m.segments[0].shards[3].len += 1), "shard 3 is"),
+            (
+                Box::new(|m| m.segments[0].shards[1].node = m.segments[0].shards[0].node),
+                "holds two shards",
+            ),
+            (
+                Box::new(|m| m.segments[0].shards[4].node = None),
+                "Full but some shards are not placed",
+            ),
+            (Box::new(|m| m.size = u64::MAX), "can describe"),
+        ];
+        for (mutate, expected) in cases {
+            let mut m = manifest();
+            mutate(&mut m);
+            let err = m.validate().unwrap_err();
+            assert!(matches!(err, PlacementError::InvalidManifest { .. }));
+            let text = err.to_string();
+            assert!(
+                text.contains(expected),
+                "{text:?} should contain {expected:?}"
+            );
+            assert!(text.starts_with("invalid manifest "), "{text}");
+        }
+        let mut unplaced = manifest();
+        unplaced.segments[0].shards[4].node = None;
+        unplaced.protection = Protection::UnderProtected;
+        unplaced.validate().unwrap();
+        let mut empty = manifest();
+        empty.size = 0;
+        empty.segments.clear();
+        empty.validate().unwrap();
+    }
+
+    #[test]
+    fn same_content_ignores_placement_and_time() {
+        let a = manifest();
+        let mut b = placed_manifest(&map_of(&[4, 4, 4]), &rs(5, 4), SIZE_BYTES, object_key(10));
+        b.version = 9;
+        b.updated_at_unix_ms += 5;
+        assert!(a.same_content(&b) && b.same_content(&a));
+        b.blake3[0] ^= 1;
+        assert!(!a.same_content(&b));
+        let mut c = a.clone();
+        c.tenant = "t2".into();
+        assert!(!a.same_content(&c));
+    }
+
+    #[test]
+    fn set_holder_and_protection_in() {
+        let map = map_of(&[3, 3, 3]);
+        let mut m = manifest();
+        assert_eq!(m.protection_in(&map), Protection::Full);
+        let holder = m.segments[1].shards[2].node.unwrap();
+        assert_eq!(m.shards_on(holder).filter(|&(s, _)| s == 1).count(), 1);
+        let down = with_site_state(&map, "a", NodeState::Down);
+        assert_eq!(
+            m.protection_in(&down),
+            Protection::Full,
+            "down nodes keep their shards"
+        );
+        m.set_holder(1, 2, None).unwrap();
+        assert_eq!(m.protection_in(&map), Protection::UnderProtected);
+        assert_eq!(
+            m.set_holder(3, 0, None),
+            Err(PlacementError::NoSuchShard {
+                segment: 3,
+                index: 0
+            })
+        );
+        assert_eq!(
+            m.set_holder(0, 9, None),
+            Err(PlacementError::NoSuchShard {
+                segment: 0,
+                index: 9
+            })
+        );
+    }
+
+    #[test]
+    fn object_keys_are_derived_from_identity_and_content() {
+        let content = [1u8; 32];
+        let key = derive_object_key("t", "1.2", &content);
+        assert_eq!(key, derive_object_key("t", "1.2", &content));
+        assert_ne!(key, derive_object_key("t", "1.3", &content));
+        assert_ne!(
+            key,
+            derive_object_key("t1", ".2", &content),
+            "fields are length-prefixed"
+        );
+        assert_ne!(key, derive_object_key("t", "1.2", &[2u8; 32]));
+    }
+
+    #[test]
+    fn protection_combines_to_the_weakest() {
+        use Protection::*;
+        assert_eq!(Full.and(Full), Full);
+        assert_eq!(Full.and(UnderProtected), UnderProtected);
+        assert_eq!(UnderProtected.and(Full), UnderProtected);
+        assert_eq!(UnderProtected.to_string(), "under-protected");
+    }
+}

@@ -1,0 +1,24 @@
+//! Kura's gRPC API: the code generated from `proto/` (the public `kura.v1`
+//! package and the internal services), the domain types the internal
+//! services carry, and the thin clients every role uses to reach the others
+//! (roles never link each other; they talk through this crate).
+
+pub mod codec;
+pub mod meta;
+pub mod meta_client;
+pub mod shards_client;
+
+/// The public API, package `kura.v1`.
+#[allow(clippy::large_enum_variant)] // generated: oneof of header and chunk
+pub mod v1 {
+    tonic::include_proto!("kura.v1");
+
+    /// Internal services between Kura's own processes (`kura.v1.internal`).
+    pub mod internal {
+        tonic::include_proto!("kura.v1.internal");
+    }
+}
+
+/// The file descriptor set of every Kura proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kura_descriptor.bin"));

@@ -1,0 +1,6 @@
+//! The command groups of the `kura` binary, one module each. A module owns
+//! its clap types and a `run` function that returns the exit code; `main`
+//! only dispatches.
+
+pub mod dicom;
+pub mod meta;
