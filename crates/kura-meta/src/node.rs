@@ -1,0 +1,216 @@
+//! One metadata node: opens its RocksDB, starts Raft, and serves the Raft
+//! and Meta services on one listener until it is shut down.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kura_proto::codec;
+use kura_proto::v1::internal::meta_server::MetaServer as MetaGrpcServer;
+use kura_proto::v1::internal::raft_server::RaftServer as RaftGrpcServer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::MetaError;
+use crate::network::{NetworkFactory, RaftServer};
+use crate::service::{MetaServer, ServiceTimeouts};
+use crate::store::log::LogStore;
+use crate::store::open_db;
+use crate::store::sm::{StateMachine, StateReader};
+use crate::types::Raft;
+
+/// Raft timing and snapshot settings.
+#[derive(Clone, Copy, Debug)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot once this many entries were applied since the last.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind the snapshot, so a follower a little
+    /// behind catches up from the log instead of a whole snapshot.
+    pub log_kept_behind_snapshot: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every_entries: 50_000,
+            log_kept_behind_snapshot: 10_000,
+        }
+    }
+}
+
+/// What a metadata node needs to start.
+#[derive(Clone, Debug)]
+pub struct MetaConfig {
+    /// Raft node id, unique in the cluster.
+    pub id: u64,
+    /// Where its RocksDB and snapshots live.
+    pub data_dir: PathBuf,
+    /// The address other nodes reach this node at (`host:port`).
+    pub advertise_addr: String,
+    pub timings: RaftTimings,
+    pub timeouts: ServiceTimeouts,
+}
+
+/// A running metadata node.
+pub struct MetaNode {
+    id: u64,
+    addr: String,
+    raft: Raft,
+    service: MetaServer,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl MetaNode {
+    /// Opens the node's data directory (creating it if new) and serves on
+    /// `listener`. A node restarted from its directory resumes where it
+    /// stopped; a new one waits to be bootstrapped or added.
+    pub async fn start(
+        config: MetaConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Self, MetaError> {
+        let db_dir = config.data_dir.join("db");
+        std::fs::create_dir_all(&db_dir)
+            .map_err(|e| MetaError::Storage(format!("create {}: {e}", db_dir.display())))?;
+        let db = open_db(&db_dir)
+            .map_err(|e| MetaError::Storage(format!("open {}: {e}", db_dir.display())))?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachine::open(db, &config.data_dir.join("snapshots"))?;
+        let reader = sm.reader();
+        let t = config.timings;
+        let raft_config = openraft::Config {
+            cluster_name: "kura-meta".into(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: t.log_kept_behind_snapshot,
+            // Chunks well under the message limit.
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 2_000,
+            max_payload_entries: 512,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| MetaError::InvalidArgument(format!("raft config: {e}")))?,
+        );
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            NetworkFactory::new(config.id),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| MetaError::Fatal(e.to_string()))?;
+        let service = MetaServer::new(raft.clone(), reader, config.timeouts);
+        let (tx, rx) = oneshot::channel::<()>();
+        let limit = codec::PAYLOAD_BYTES_MAX as usize;
+        let router = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(8 << 20))
+            .tcp_nodelay(true)
+            .add_service(
+                RaftGrpcServer::new(RaftServer::new(raft.clone()))
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            )
+            .add_service(
+                MetaGrpcServer::new(service.clone())
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            );
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        tracing::info!(id = config.id, addr = %config.advertise_addr, "metadata node started");
+        Ok(Self {
+            id: config.id,
+            addr: config.advertise_addr,
+            raft,
+            service,
+            shutdown: Some(tx),
+            server: Some(server),
+        })
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The address it serves at.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The Raft handle (metrics, tests).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The service, callable in-process.
+    pub fn service(&self) -> &MetaServer {
+        &self.service
+    }
+
+    /// Read access to the applied state.
+    pub fn reader(&self) -> &StateReader {
+        self.service.reader()
+    }
+
+    /// Waits until some node is known as leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, MetaError> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = rx.borrow().current_leader {
+                return Ok(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(MetaError::NoQuorum(format!("no leader within {timeout:?}")));
+            }
+        }
+    }
+
+    /// Stops Raft and the server and releases the data directory. Nothing
+    /// of this node keeps running afterwards.
+    pub async fn shutdown(mut self) -> Result<(), MetaError> {
+        let raft_result = self.raft.shutdown().await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "metadata server ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "metadata server task failed"),
+            }
+        }
+        raft_result.map_err(|e| MetaError::Fatal(format!("raft shutdown: {e}")))
+    }
+}
+
+impl Drop for MetaNode {
+    fn drop(&mut self) {
+        // A node dropped without shutdown() still stops serving.
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,715 @@
+//! The state machine: applies committed [`Command`]s to RocksDB, answers
+//! reads, and builds and installs snapshots.
+//!
+//! Applying is deterministic and never fails on a bad command: a command
+//! the state refuses (a conflicting manifest, an unknown node) becomes a
+//! [`Rejected`] answer and changes nothing. Only a storage fault is an
+//! error, and openraft stops the node on it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kura_erasure::EcParams;
+use kura_placement::{ClusterMap, Manifest, Protection};
+use kura_proto::codec;
+use kura_proto::meta::{Applied, Command, CommandResult, Rejected};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use super::snapshot;
+use super::{
+    CF_MANIFESTS, CF_RAFT, CF_SM, CF_STUDY, StoreFault, cf, io_err, read_err, sync_write_opts,
+    write_err,
+};
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_MAP: &[u8] = b"map";
+const KEY_PROFILE: &[u8] = b"profile";
+const KEY_COUNTS: &[u8] = b"counts";
+/// In `raft`: the current snapshot's meta and file name.
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// In `raft`: set while a snapshot is being loaded; a restart finishes it.
+const KEY_INSTALLING: &[u8] = b"installing";
+
+/// Counts kept beside the manifests so status answers without a scan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestCounts {
+    pub total: u64,
+    pub under_protected: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    file: String,
+}
+
+/// Key of a manifest: tenant 0x00 SOP Instance UID. Tenants and UIDs never
+/// contain 0x00 (validated at the edge), so keys sort by tenant then UID.
+pub fn manifest_key(tenant: &str, uid: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + uid.len() + 1);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(uid.as_bytes());
+    k
+}
+
+fn study_prefix(tenant: &str, study: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + study.len() + 2);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(study.as_bytes());
+    k.push(0);
+    k
+}
+
+fn study_key(m: &Manifest) -> Vec<u8> {
+    let mut k = study_prefix(&m.tenant, &m.study_instance_uid);
+    k.extend_from_slice(m.series_instance_uid.as_bytes());
+    k.push(0);
+    k.extend_from_slice(m.sop_instance_uid.as_bytes());
+    k
+}
+
+/// Read access to a node's applied state, for queries served outside
+/// openraft. Cheap to clone.
+#[derive(Clone)]
+pub struct StateReader {
+    db: Arc<DB>,
+}
+
+impl StateReader {
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        cf_name: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let h = cf(&self.db, cf_name)?;
+        match self.db.get_cf(h, key).map_err(read_err)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(codec::decode(&b).map_err(read_err)?)),
+        }
+    }
+
+    /// The manifest of (tenant, uid), if stored.
+    pub fn manifest(&self, tenant: &str, uid: &str) -> Result<Option<Manifest>, StorageError> {
+        self.get(CF_MANIFESTS, &manifest_key(tenant, uid))
+    }
+
+    /// The cluster map and erasure profile, once initialised.
+    pub fn cluster(&self) -> Result<(Option<ClusterMap>, Option<EcParams>), StorageError> {
+        Ok((self.get(CF_SM, KEY_MAP)?, self.get(CF_SM, KEY_PROFILE)?))
+    }
+
+    /// Manifest counts.
+    pub fn counts(&self) -> Result<ManifestCounts, StorageError> {
+        Ok(self.get(CF_SM, KEY_COUNTS)?.unwrap_or_default())
+    }
+
+    /// The last applied log id.
+    pub fn applied(&self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get::<Option<LogId>>(CF_SM, KEY_APPLIED)?.flatten())
+    }
+
+    /// One page of a study's manifests in (series, SOP Instance UID) order,
+    /// after `after` when given, optionally of one series. Answers the page
+    /// and, when more may follow, the cursor for the next one.
+    pub fn list_study(
+        &self,
+        tenant: &str,
+        study: &str,
+        series: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<(Vec<Manifest>, Option<(String, String)>), StorageError> {
+        let mut prefix = study_prefix(tenant, study);
+        if let Some(series) = series {
+            prefix.extend_from_slice(series.as_bytes());
+            prefix.push(0);
+        }
+        let study_len = study_prefix(tenant, study).len();
+        let mut start = prefix.clone();
+        if let Some((a_series, a_uid)) = after {
+            start = study_prefix(tenant, study);
+            start.extend_from_slice(a_series.as_bytes());
+            start.push(0);
+            start.extend_from_slice(a_uid.as_bytes());
+            // The smallest key after `after` itself.
+            start.push(0);
+            if start < prefix {
+                start = prefix.clone();
+            }
+        }
+        let h_study = cf(&self.db, CF_STUDY)?;
+        let mut keys = Vec::new();
+        let mut next = None;
+        for item in self
+            .db
+            .iterator_cf(h_study, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, _) = item.map_err(read_err)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if keys.len() == limit {
+                next = keys.last().cloned();
+                break;
+            }
+            let rest = &key[study_len..];
+            let mut parts = rest.splitn(2, |b| *b == 0);
+            let series = parts.next().unwrap_or_default();
+            let uid = parts.next().unwrap_or_default();
+            keys.push((
+                String::from_utf8_lossy(series).into_owned(),
+                String::from_utf8_lossy(uid).into_owned(),
+            ));
+        }
+        let h_man = cf(&self.db, CF_MANIFESTS)?;
+        let lookups: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|(_, uid)| manifest_key(tenant, uid))
+            .collect();
+        let mut manifests = Vec::with_capacity(keys.len());
+        for got in self.db.batched_multi_get_cf(h_man, &lookups, false) {
+            match got.map_err(read_err)? {
+                Some(bytes) => manifests.push(codec::decode(&bytes).map_err(read_err)?),
+                None => return Err(read_err("study index names a manifest that is missing")),
+            }
+        }
+        Ok((manifests, next))
+    }
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl StateMachine {
+    /// The state machine over `db`, keeping snapshot files in
+    /// `snapshot_dir`. Finishes a snapshot install a crash interrupted.
+    pub fn open(db: Arc<DB>, snapshot_dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(snapshot_dir).map_err(write_err)?;
+        let sm = Self {
+            db,
+            snapshot_dir: snapshot_dir.to_owned(),
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+        };
+        let raft_cf = cf(&sm.db, CF_RAFT)?;
+        if let Some(bytes) = sm.db.get_cf(raft_cf, KEY_INSTALLING).map_err(read_err)? {
+            let current: CurrentSnapshot = codec::decode(&bytes).map_err(read_err)?;
+            tracing::warn!(file = %current.file, "finishing a snapshot install interrupted by a restart");
+            load_and_mark(&sm.db, &sm.snapshot_dir, &current)?;
+        }
+        Ok(sm)
+    }
+
+    /// A reader of this state machine's applied state.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            db: self.db.clone(),
+        }
+    }
+
+    fn current_snapshot(&self) -> Result<Option<CurrentSnapshot>, StorageError> {
+        let raft_cf = cf(&self.db, CF_RAFT)?;
+        match self.db.get_cf(raft_cf, KEY_SNAPSHOT).map_err(read_err)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(codec::decode(&b).map_err(read_err)?)),
+        }
+    }
+}
+
+/// Loads a verified snapshot file into the state machine and records it as
+/// the current snapshot (synced), clearing the install-in-progress mark.
+fn load_and_mark(db: &DB, dir: &Path, current: &CurrentSnapshot) -> Result<(), StorageError> {
+    snapshot::load_into_db(db, &dir.join(&current.file)).map_err(write_err)?;
+    let raft_cf = cf(db, CF_RAFT)?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(
+        raft_cf,
+        KEY_SNAPSHOT,
+        codec::encode(current).map_err(write_err)?,
+    );
+    batch.delete_cf(raft_cf, KEY_INSTALLING);
+    db.write_opt(batch, &sync_write_opts()).map_err(write_err)
+}
+
+/// Deletes snapshot files other than `keep` (files being written end in
+/// `.tmp` and are left alone).
+fn remove_old_snapshots(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap-") && name.ends_with(".bin") && name != keep {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Pending writes of one `apply` call, visible to later commands of the
+/// same call before they reach RocksDB in one batch.
+struct Txn<'a> {
+    db: &'a DB,
+    writes: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        cf_name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let bytes = match self.writes.get(&(cf_name, key.to_vec())) {
+            Some(pending) => pending.clone(),
+            None => self
+                .db
+                .get_cf(cf(self.db, cf_name)?, key)
+                .map_err(read_err)?,
+        };
+        match bytes {
+            None => Ok(None),
+            Some(b) => Ok(Some(codec::decode(&b).map_err(read_err)?)),
+        }
+    }
+
+    fn put<T: Serialize>(
+        &mut self,
+        cf_name: &'static str,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(write_err)?;
+        self.writes.insert((cf_name, key), Some(bytes));
+        Ok(())
+    }
+
+    fn put_raw(&mut self, cf_name: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert((cf_name, key), Some(value));
+    }
+
+    fn commit(self) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for ((cf_name, key), value) in self.writes {
+            let h = cf(self.db, cf_name)?;
+            match value {
+                Some(v) => batch.put_cf(h, key, v),
+                None => batch.delete_cf(h, key),
+            }
+        }
+        // Not synced: see the module doc of `store` (the log is).
+        self.db.write(batch).map_err(write_err)
+    }
+}
+
+fn hex32(b: &[u8; 32]) -> String {
+    hex::encode(b)
+}
+
+fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, StorageError> {
+    if let Err(reason) = cmd.validate() {
+        return Ok(Err(Rejected::Invalid(reason)));
+    }
+    match cmd {
+        Command::PutManifest(mut m) => {
+            let key = manifest_key(&m.tenant, &m.sop_instance_uid);
+            if let Some(existing) = txn.get::<Manifest>(CF_MANIFESTS, &key)? {
+                if existing.same_content(&m) {
+                    return Ok(Ok(Applied::ManifestIdentical {
+                        existing: Box::new(existing),
+                    }));
+                }
+                return Ok(Err(Rejected::Conflict {
+                    sop_instance_uid: m.sop_instance_uid.clone(),
+                    existing_blake3: hex32(&existing.blake3),
+                    offered_blake3: hex32(&m.blake3),
+                    existing_stored_at_unix_ms: existing.stored_at_unix_ms,
+                }));
+            }
+            m.version = 1;
+            let mut counts: ManifestCounts = txn.get(CF_SM, KEY_COUNTS)?.unwrap_or_default();
+            counts.total += 1;
+            if m.protection == Protection::UnderProtected {
+                counts.under_protected += 1;
+            }
+            txn.put(CF_SM, KEY_COUNTS.to_vec(), &counts)?;
+            txn.put_raw(CF_STUDY, study_key(&m), Vec::new());
+            txn.put(CF_MANIFESTS, key, &m)?;
+            Ok(Ok(Applied::ManifestCreated { version: 1 }))
+        }
+        Command::CasManifest {
+            expected_version,
+            mut manifest,
+        } => {
+            let key = manifest_key(&manifest.tenant, &manifest.sop_instance_uid);
+            let Some(existing) = txn.get::<Manifest>(CF_MANIFESTS, &key)? else {
+                return Ok(Err(Rejected::NotFound(format!(
+                    "instance {} of tenant {}",
+                    manifest.sop_instance_uid, manifest.tenant
+                ))));
+            };
+            if existing.version != expected_version {
+                return Ok(Err(Rejected::VersionMismatch {
+                    expected: expected_version,
+                    current: existing.version,
+                }));
+            }
+            if !existing.same_content(&manifest)
+                || existing.study_instance_uid != manifest.study_instance_uid
+                || existing.series_instance_uid != manifest.series_instance_uid
+            {
+                return Ok(Err(Rejected::Invalid(format!(
+                    "compare-and-set of {} must not change the instance's content or study/series",
+                    manifest.sop_instance_uid
+                ))));
+            }
+            manifest.version = expected_version + 1;
+            manifest.stored_at_unix_ms = existing.stored_at_unix_ms;
+            if existing.protection != manifest.protection {
+                let mut counts: ManifestCounts = txn.get(CF_SM, KEY_COUNTS)?.unwrap_or_default();
+                if manifest.protection == Protection::UnderProtected {
+                    counts.under_protected += 1;
+                } else {
+                    counts.under_protected = counts.under_protected.saturating_sub(1);
+                }
+                txn.put(CF_SM, KEY_COUNTS.to_vec(), &counts)?;
+            }
+            let version = manifest.version;
+            txn.put(CF_MANIFESTS, key, &manifest)?;
+            Ok(Ok(Applied::ManifestUpdated { version }))
+        }
+        Command::InitCluster { mut map, profile } => {
+            if let Some(existing) = txn.get::<ClusterMap>(CF_SM, KEY_MAP)? {
+                return Ok(Err(Rejected::Invalid(format!(
+                    "the cluster map is already initialised (epoch {}); change it node by node",
+                    existing.epoch
+                ))));
+            }
+            map.epoch = map.epoch.max(1);
+            let epoch = map.epoch;
+            txn.put(CF_SM, KEY_MAP.to_vec(), &map)?;
+            txn.put(CF_SM, KEY_PROFILE.to_vec(), &profile)?;
+            Ok(Ok(Applied::MapChanged { epoch }))
+        }
+        Command::SetProfile(profile) => {
+            txn.put(CF_SM, KEY_PROFILE.to_vec(), &profile)?;
+            Ok(Ok(Applied::ProfileSet))
+        }
+        cmd @ (Command::UpsertNode(_)
+        | Command::RemoveNode { .. }
+        | Command::SetNodeState { .. }
+        | Command::ReportUsage { .. }) => {
+            let Some(mut map) = txn.get::<ClusterMap>(CF_SM, KEY_MAP)? else {
+                return Ok(Err(Rejected::Invalid(
+                    "no cluster map yet: initialise the cluster first".into(),
+                )));
+            };
+            let result = change_map(&mut map, cmd);
+            if let Ok(Applied::MapChanged { .. }) = &result {
+                txn.put(CF_SM, KEY_MAP.to_vec(), &map)?;
+            }
+            Ok(result)
+        }
+    }
+}
+
+/// Applies a node command to the map. Bumps the epoch when placement could
+/// change (membership, state), not for capacity reports.
+fn change_map(map: &mut ClusterMap, cmd: Command) -> CommandResult {
+    match cmd {
+        Command::UpsertNode(info) => {
+            if !map.sites.iter().any(|s| s.name == info.site) {
+                return Err(Rejected::Invalid(format!(
+                    "node {} names site {:?}, which is not in the cluster map",
+                    info.name, info.site
+                )));
+            }
+            if let Some(other) = map
+                .nodes
+                .values()
+                .find(|n| n.name == info.name && n.id != info.id)
+            {
+                return Err(Rejected::Invalid(format!(
+                    "node name {} is already used by node id {}",
+                    info.name, other.id
+                )));
+            }
+            if map.nodes.get(&info.id) == Some(&info) {
+                return Ok(Applied::MapChanged { epoch: map.epoch });
+            }
+            map.nodes.insert(info.id, info);
+            map.epoch += 1;
+        }
+        Command::RemoveNode { id } => {
+            if map.nodes.remove(&id).is_none() {
+                return Err(Rejected::NotFound(format!("storage node {id}")));
+            }
+            map.epoch += 1;
+        }
+        Command::SetNodeState { id, state } => {
+            let Some(node) = map.nodes.get_mut(&id) else {
+                return Err(Rejected::NotFound(format!("storage node {id}")));
+            };
+            if node.state == state {
+                return Ok(Applied::MapChanged { epoch: map.epoch });
+            }
+            node.state = state;
+            map.epoch += 1;
+        }
+        Command::ReportUsage {
+            id,
+            used_bytes,
+            capacity_bytes,
+        } => {
+            let Some(node) = map.nodes.get_mut(&id) else {
+                return Err(Rejected::NotFound(format!("storage node {id}")));
+            };
+            node.used_bytes = used_bytes;
+            node.capacity_bytes = capacity_bytes;
+            // Capacity is stored but does not bump the epoch.
+            return Ok(Applied::MapChanged { epoch: map.epoch });
+        }
+        _ => return Err(Rejected::Invalid("not a cluster map command".into())),
+    }
+    Ok(Applied::MapChanged { epoch: map.epoch })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let reader = self.reader();
+        let applied = reader.applied()?;
+        let membership = reader
+            .get::<StoredMembership>(CF_SM, KEY_MEMBERSHIP)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<CommandResult>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut txn = Txn {
+            db: &self.db,
+            writes: BTreeMap::new(),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => out.push(None),
+                EntryPayload::Normal(cmd) => {
+                    let kind = cmd.kind();
+                    let result = apply_command(&mut txn, cmd)?;
+                    if let Err(rejected) = &result {
+                        tracing::debug!(kind, %rejected, "command rejected");
+                    }
+                    out.push(Some(result));
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m);
+                    txn.put(CF_SM, KEY_MEMBERSHIP.to_vec(), &stored)?;
+                    out.push(None);
+                }
+            }
+        }
+        if last.is_some() {
+            txn.put(CF_SM, KEY_APPLIED.to_vec(), &last)?;
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            seq: self.snapshot_seq.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        // An unlinked file: nothing to clean up if the transfer is
+        // abandoned; install_snapshot copies it to a named file.
+        let n = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .snapshot_dir
+            .join(format!("incoming-{}-{n}.tmp", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(write_err)?;
+        let _ = std::fs::remove_file(&path);
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let mut file = snapshot.into_std().await;
+        let name = format!("snap-{}.bin", meta.snapshot_id);
+        let dest = self.snapshot_dir.join(&name);
+        let tmp = self.snapshot_dir.join(format!("{name}.tmp"));
+        let db = self.db.clone();
+        let meta_expected = meta.clone();
+        let current = CurrentSnapshot {
+            meta: meta.clone(),
+            file: name.clone(),
+        };
+        let current_for_task = current.clone();
+        let snapshot_dir = self.snapshot_dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            use std::io::{Seek, SeekFrom};
+            file.seek(SeekFrom::Start(0)).map_err(write_err)?;
+            let mut out = std::fs::File::create(&tmp).map_err(write_err)?;
+            std::io::copy(&mut file, &mut out).map_err(write_err)?;
+            out.sync_all().map_err(write_err)?;
+            // Verify before the state machine is touched.
+            let found = snapshot::read_file(&tmp, |_, _, _| Ok(())).map_err(write_err)?;
+            if found.last_log_id != meta_expected.last_log_id {
+                return Err(io_err(format!(
+                    "snapshot file describes {:?}, openraft installs {:?}",
+                    found.last_log_id, meta_expected.last_log_id
+                )));
+            }
+            std::fs::rename(&tmp, &dest).map_err(write_err)?;
+            if let Ok(d) = std::fs::File::open(&snapshot_dir) {
+                let _ = d.sync_all();
+            }
+            let raft_cf = cf(&db, CF_RAFT)?;
+            db.put_cf_opt(
+                raft_cf,
+                KEY_INSTALLING,
+                codec::encode(&current_for_task).map_err(write_err)?,
+                &sync_write_opts(),
+            )
+            .map_err(write_err)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| io_err(format!("snapshot install task: {e}")))??;
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        tokio::task::spawn_blocking(move || load_and_mark(&db, &dir, &current))
+            .await
+            .map_err(|e| io_err(format!("snapshot install task: {e}")))??;
+        remove_old_snapshots(&self.snapshot_dir, &name);
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(current) = self.current_snapshot()? else {
+            return Ok(None);
+        };
+        let path = self.snapshot_dir.join(&current.file);
+        let file = tokio::fs::File::open(&path).await.map_err(read_err)?;
+        Ok(Some(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+
+/// Builds snapshots from a consistent RocksDB view while applying goes on.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+    seq: Arc<AtomicU64>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let current =
+            tokio::task::spawn_blocking(move || -> Result<CurrentSnapshot, StorageError> {
+                let view = db.snapshot();
+                let get = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
+                    let mut opts = rocksdb::ReadOptions::default();
+                    opts.set_snapshot(&view);
+                    db.get_cf_opt(cf(&db, CF_SM)?, key, &opts).map_err(read_err)
+                };
+                let applied: Option<LogId> = match get(KEY_APPLIED)? {
+                    Some(b) => codec::decode(&b).map_err(read_err)?,
+                    None => None,
+                };
+                let membership: StoredMembership = match get(KEY_MEMBERSHIP)? {
+                    Some(b) => codec::decode(&b).map_err(read_err)?,
+                    None => StoredMembership::default(),
+                };
+                let snapshot_id = match &applied {
+                    Some(id) => {
+                        format!("{}-{}-{}-{n}", id.leader_id.term, id.index, unique_suffix())
+                    }
+                    None => format!("0-0-{}-{n}", unique_suffix()),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: applied,
+                    last_membership: membership,
+                    snapshot_id,
+                };
+                let file = format!("snap-{}.bin", meta.snapshot_id);
+                let tmp = dir.join(format!("{file}.tmp"));
+                let records = snapshot::write_file(&db, &view, &meta, &tmp).map_err(write_err)?;
+                std::fs::rename(&tmp, dir.join(&file)).map_err(write_err)?;
+                if let Ok(d) = std::fs::File::open(&dir) {
+                    let _ = d.sync_all();
+                }
+                let current = CurrentSnapshot { meta, file };
+                db.put_cf_opt(
+                    cf(&db, CF_RAFT)?,
+                    KEY_SNAPSHOT,
+                    codec::encode(&current).map_err(write_err)?,
+                    &sync_write_opts(),
+                )
+                .map_err(write_err)?;
+                tracing::info!(snapshot = %current.meta.snapshot_id, records, "built snapshot");
+                Ok(current)
+            })
+            .await
+            .map_err(|e| io_err(format!("snapshot build task: {e}")))??;
+        remove_old_snapshots(&self.snapshot_dir, &current.file);
+        let file = tokio::fs::File::open(self.snapshot_dir.join(&current.file))
+            .await
+            .map_err(read_err)?;
+        Ok(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+/// Distinguishes snapshots built by different processes at the same log
+/// position (ids must be unique per file).
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+impl From<StoreFault> for std::io::Error {
+    fn from(f: StoreFault) -> Self {
+        std::io::Error::other(f.0)
+    }
+}

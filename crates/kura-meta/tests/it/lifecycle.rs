@@ -1,0 +1,330 @@
+//! Cluster lifecycle: leader loss, whole-cluster restart, a node far
+//! behind catching up by snapshot, learners promoted and voters removed,
+//! and the manifest commands' semantics.
+
+use std::time::Duration;
+
+use kura_proto::meta::{
+    AdminRequest, AdminResponse, Applied, Command, Consistency, Query, QueryResult, Rejected, Voter,
+};
+use kura_proto::meta_client::{MetaClient, Retry};
+
+use crate::fixtures::{TENANT, manifest, uid};
+use crate::harness::{TestCluster, fast_timings};
+
+const LEADER_WAIT: Duration = Duration::from_secs(20);
+
+async fn put(client: &MetaClient, n: u64) {
+    let m = manifest(&uid(n), "1.2.3.1", n);
+    let r = client
+        .propose(&Command::PutManifest(m), Retry::Idempotent)
+        .await
+        .expect("propose");
+    assert!(
+        matches!(
+            r,
+            Ok(Applied::ManifestCreated { .. } | Applied::ManifestIdentical { .. })
+        ),
+        "put {n}: {r:?}"
+    );
+}
+
+async fn get(client: &MetaClient, n: u64) -> Option<kura_placement::Manifest> {
+    match client
+        .query(&Query::GetManifest {
+            tenant: TENANT.into(),
+            sop_instance_uid: uid(n),
+            consistency: Consistency::Linearizable,
+        })
+        .await
+        .expect("query")
+    {
+        QueryResult::Manifest(m) => m.map(|m| *m),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_writes_continue_and_old_leader_catches_up() {
+    let mut c = TestCluster::start(3, fast_timings()).await;
+    let client = c.client();
+    for n in 0..40 {
+        put(&client, n).await;
+    }
+    let old = c.leader(LEADER_WAIT).await;
+    c.kill(old).await;
+    let new = c.leader(LEADER_WAIT).await;
+    assert_ne!(new, old, "a new leader must be elected");
+    for n in 40..80 {
+        put(&client, n).await;
+    }
+    for n in 0..80 {
+        let m = get(&client, n)
+            .await
+            .unwrap_or_else(|| panic!("manifest {n} lost"));
+        assert_eq!(m.blake3, crate::fixtures::content_hash(n));
+    }
+    // The old leader, restarted from its directory, catches up.
+    c.add_node(old).await;
+    let target = c.applied(new);
+    c.wait_applied(old, target, LEADER_WAIT).await;
+    let reader = c.nodes[&old].reader();
+    for n in 0..80 {
+        assert!(
+            reader.manifest(TENANT, &uid(n)).expect("read").is_some(),
+            "restarted node misses manifest {n}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_cluster_restarts_from_disk() {
+    let mut c = TestCluster::start(3, fast_timings()).await;
+    let client = c.client();
+    for n in 0..60 {
+        put(&client, n).await;
+    }
+    for id in [1, 2, 3] {
+        c.kill(id).await;
+    }
+    for id in [1, 2, 3] {
+        c.add_node(id).await;
+    }
+    c.leader(LEADER_WAIT).await;
+    let client = c.client();
+    for n in 0..60 {
+        assert!(
+            get(&client, n).await.is_some(),
+            "manifest {n} lost across restart"
+        );
+    }
+    // And the cluster still takes writes.
+    put(&client, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_behind_node_gets_a_snapshot_then_learner_is_promoted() {
+    let mut timings = fast_timings();
+    timings.snapshot_every_entries = 40;
+    timings.log_kept_behind_snapshot = 5;
+    let mut c = TestCluster::start(3, timings).await;
+    let client = c.client();
+    // Node 3 falls far behind: down while the log moves on and is purged.
+    c.kill(3).await;
+    for n in 0..150 {
+        put(&client, n).await;
+    }
+    let leader = c.leader(LEADER_WAIT).await;
+    let purged = c.nodes[&leader].raft().metrics().borrow().purged;
+    assert!(
+        purged.is_some(),
+        "leader should have purged its log behind a snapshot"
+    );
+    c.add_node(3).await;
+    let target = c.applied(leader);
+    c.wait_applied(3, target, LEADER_WAIT).await;
+    let m3 = c.nodes[&3].raft().metrics().borrow().clone();
+    assert!(
+        m3.snapshot.is_some(),
+        "node 3 must have installed a snapshot"
+    );
+    let reader = c.nodes[&3].reader();
+    for n in 0..150 {
+        assert!(reader.manifest(TENANT, &uid(n)).expect("read").is_some());
+    }
+
+    // A brand-new node joins as a learner, then replaces voter 2.
+    c.add_node(4).await;
+    let addr4 = c.addrs[&4].clone();
+    client
+        .admin(&AdminRequest::AddLearner {
+            voter: Voter { id: 4, addr: addr4 },
+        })
+        .await
+        .expect("add learner");
+    client
+        .admin(&AdminRequest::ChangeVoters { ids: vec![1, 3, 4] })
+        .await
+        .expect("change voters");
+    c.kill(2).await;
+    let client = TestCluster::client(&c);
+    put(&client, 5000).await;
+    let leader = c.leader(LEADER_WAIT).await;
+    match client
+        .admin_at(&c.addrs[&leader], &AdminRequest::Status)
+        .await
+        .expect("status")
+    {
+        AdminResponse::Status(s) => {
+            let ids: Vec<u64> = s.voters.iter().map(|v| v.id).collect();
+            assert_eq!(ids, vec![1, 3, 4]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let target = c.applied(leader);
+    c.wait_applied(4, target, LEADER_WAIT).await;
+    assert!(
+        c.nodes[&4]
+            .reader()
+            .manifest(TENANT, &uid(5000))
+            .expect("read")
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn put_is_idempotent_conflicts_are_refused_cas_checks_versions() {
+    let c = TestCluster::start(3, fast_timings()).await;
+    let client = c.client();
+    let a = manifest(&uid(1), "1.2.3.1", 7);
+    let r = client
+        .propose(&Command::PutManifest(a.clone()), Retry::Once)
+        .await
+        .expect("put");
+    assert_eq!(r, Ok(Applied::ManifestCreated { version: 1 }));
+    // Same content, another placement: identical, answers the stored one.
+    let mut a2 = a.clone();
+    a2.segments[0].shards[0].node = Some(9);
+    match client
+        .propose(&Command::PutManifest(a2), Retry::Once)
+        .await
+        .expect("put")
+    {
+        Ok(Applied::ManifestIdentical { existing }) => {
+            assert_eq!(existing.segments[0].shards[0].node, Some(1))
+        }
+        other => panic!("expected identical, got {other:?}"),
+    }
+    // Different bytes under the same UID: conflict naming both hashes.
+    let b = manifest(&uid(1), "1.2.3.1", 8);
+    match client
+        .propose(&Command::PutManifest(b), Retry::Once)
+        .await
+        .expect("put")
+    {
+        Err(Rejected::Conflict {
+            existing_blake3,
+            offered_blake3,
+            existing_stored_at_unix_ms,
+            ..
+        }) => {
+            assert_eq!(crate::fixtures::content_of_hex(&existing_blake3), 7);
+            assert_eq!(crate::fixtures::content_of_hex(&offered_blake3), 8);
+            assert_eq!(existing_stored_at_unix_ms, a.stored_at_unix_ms);
+        }
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    // CAS with the right version moves a shard; with a stale one is refused.
+    let mut moved = a.clone();
+    moved.segments[0].shards[2].node = Some(4);
+    let r = client
+        .propose(
+            &Command::CasManifest {
+                expected_version: 1,
+                manifest: moved.clone(),
+            },
+            Retry::Once,
+        )
+        .await
+        .expect("cas");
+    assert_eq!(r, Ok(Applied::ManifestUpdated { version: 2 }));
+    let r = client
+        .propose(
+            &Command::CasManifest {
+                expected_version: 1,
+                manifest: moved.clone(),
+            },
+            Retry::Once,
+        )
+        .await
+        .expect("cas");
+    assert_eq!(
+        r,
+        Err(Rejected::VersionMismatch {
+            expected: 1,
+            current: 2
+        })
+    );
+    let stored = get(&client, 1).await.expect("stored");
+    assert_eq!(stored.version, 2);
+    assert_eq!(stored.segments[0].shards[2].node, Some(4));
+    // The study index lists it.
+    match client
+        .query(&Query::ListStudy {
+            tenant: TENANT.into(),
+            study_instance_uid: crate::fixtures::STUDY.into(),
+            series_instance_uid: None,
+            after: None,
+            limit: 100,
+            consistency: Consistency::Linearizable,
+        })
+        .await
+        .expect("list")
+    {
+        QueryResult::StudyPage { manifests, next } => {
+            assert_eq!(manifests.len(), 1);
+            assert!(next.is_none());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_study_pages_through_series() {
+    let c = TestCluster::start(1, fast_timings()).await;
+    let client = c.client();
+    for n in 0..25u64 {
+        let series = format!("1.2.3.{}", n % 3 + 1);
+        let m = manifest(&uid(n), &series, n);
+        client
+            .propose(&Command::PutManifest(m), Retry::Idempotent)
+            .await
+            .expect("put")
+            .expect("applied");
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = client
+            .query(&Query::ListStudy {
+                tenant: TENANT.into(),
+                study_instance_uid: crate::fixtures::STUDY.into(),
+                series_instance_uid: None,
+                after: after.clone(),
+                limit: 7,
+                consistency: Consistency::Linearizable,
+            })
+            .await
+            .expect("list");
+        let QueryResult::StudyPage { manifests, next } = page else {
+            panic!("unexpected page");
+        };
+        assert!(manifests.len() <= 7);
+        seen.extend(manifests.into_iter().map(|m| m.sop_instance_uid));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    seen.sort();
+    let mut want: Vec<String> = (0..25).map(uid).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    // One series only.
+    let page = client
+        .query(&Query::ListStudy {
+            tenant: TENANT.into(),
+            study_instance_uid: crate::fixtures::STUDY.into(),
+            series_instance_uid: Some("1.2.3.2".into()),
+            after: None,
+            limit: 100,
+            consistency: Consistency::Stale,
+        })
+        .await
+        .expect("list");
+    let QueryResult::StudyPage { manifests, .. } = page else {
+        panic!("unexpected page");
+    };
+    assert_eq!(manifests.len(), 8);
+    assert!(manifests.iter().all(|m| m.series_instance_uid == "1.2.3.2"));
+}

@@ -1,0 +1,281 @@
+//! The metadata cluster's vocabulary: the commands committed through Raft,
+//! their outcomes, the queries and the lifecycle requests.
+//!
+//! These types travel bincode-encoded inside `kura.v1.internal.Meta`
+//! messages and are what the state machine applies. They live here, not in
+//! `kura-meta`, because gateways and storage nodes build them too and roles
+//! never link each other.
+
+use kura_erasure::EcParams;
+use kura_placement::{ClusterMap, Manifest, NodeId, NodeInfo, NodeState};
+use serde::{Deserialize, Serialize};
+
+/// The largest encoded command the cluster accepts. A manifest of a 4 GiB
+/// instance (1,024 segments of 4 MiB × 9 shards) encodes to well under
+/// 1 MiB; anything bigger is malformed or hostile.
+pub const COMMAND_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The most instances one ListStudy page carries.
+pub const LIST_PAGE_MAX: u32 = 1000;
+
+/// The longest tenant name.
+pub const TENANT_BYTES_MAX: usize = 64;
+/// The longest DICOM UID.
+pub const UID_BYTES_MAX: usize = 64;
+
+/// Checks a tenant name: 1–64 characters of `[A-Za-z0-9._-]`.
+pub fn validate_tenant(tenant: &str) -> Result<(), String> {
+    if tenant.is_empty() || tenant.len() > TENANT_BYTES_MAX {
+        return Err(format!(
+            "tenant must be 1 to {TENANT_BYTES_MAX} characters, got {}",
+            tenant.len()
+        ));
+    }
+    if let Some(c) = tenant
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "tenant {tenant:?} contains {c:?}; allowed are letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// A change to the metadata state, committed through Raft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Store a manifest: created if absent; a no-op answering the stored
+    /// manifest if one with the same content (tenant, UID, blake3, size) is
+    /// there; refused as a conflict if the content differs.
+    PutManifest(Manifest),
+    /// Replace a manifest if its stored version is `expected_version` (repair
+    /// and drain use it to move shards). The content identity must not
+    /// change. The new manifest's version is set to `expected_version + 1`.
+    CasManifest {
+        expected_version: u64,
+        manifest: Manifest,
+    },
+    /// Set the cluster map and erasure profile of a new cluster. Refused
+    /// once a map exists.
+    InitCluster { map: ClusterMap, profile: EcParams },
+    /// Add a storage node, or update the address/capacity of a known one.
+    UpsertNode(NodeInfo),
+    /// Forget a storage node.
+    RemoveNode { id: NodeId },
+    /// Change a storage node's state (failure detection, drain).
+    SetNodeState { id: NodeId, state: NodeState },
+    /// A storage node's capacity report.
+    ReportUsage {
+        id: NodeId,
+        used_bytes: u64,
+        capacity_bytes: u64,
+    },
+    /// The erasure profile for new writes.
+    SetProfile(EcParams),
+}
+
+impl Command {
+    /// A short name for logs and metrics (never carries patient data).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::PutManifest(_) => "put_manifest",
+            Command::CasManifest { .. } => "cas_manifest",
+            Command::InitCluster { .. } => "init_cluster",
+            Command::UpsertNode(_) => "upsert_node",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::SetNodeState { .. } => "set_node_state",
+            Command::ReportUsage { .. } => "report_usage",
+            Command::SetProfile(_) => "set_profile",
+        }
+    }
+
+    /// Checks what can be checked without the state: run at the service
+    /// edge before proposing, and again when applying.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Command::PutManifest(m) | Command::CasManifest { manifest: m, .. } => {
+                validate_tenant(&m.tenant)?;
+                for (what, uid) in [
+                    ("SOP Instance UID", &m.sop_instance_uid),
+                    ("Study Instance UID", &m.study_instance_uid),
+                    ("Series Instance UID", &m.series_instance_uid),
+                ] {
+                    if uid.len() > UID_BYTES_MAX
+                        || uid.bytes().any(|b| !(b.is_ascii_digit() || b == b'.'))
+                    {
+                        return Err(format!("{what} {uid:?} is not a DICOM UID"));
+                    }
+                }
+                m.validate().map_err(|e| e.to_string())
+            }
+            Command::InitCluster { map, profile } => {
+                map.validate().map_err(|e| e.to_string())?;
+                profile.validate().map_err(|e| e.to_string())
+            }
+            Command::UpsertNode(n) => {
+                if n.name.is_empty() || n.site.is_empty() || n.addr.is_empty() {
+                    return Err(format!(
+                        "node {}: name, site and address must not be empty",
+                        n.id
+                    ));
+                }
+                Ok(())
+            }
+            Command::SetProfile(p) => p.validate().map_err(|e| e.to_string()),
+            Command::RemoveNode { .. }
+            | Command::SetNodeState { .. }
+            | Command::ReportUsage { .. } => Ok(()),
+        }
+    }
+}
+
+/// What a committed command did.
+pub type CommandResult = Result<Applied, Rejected>;
+
+/// A command that took effect (or was an idempotent no-op).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// A new manifest is stored, at version 1.
+    ManifestCreated { version: u64 },
+    /// The same content was already stored: nothing changed. Carries the
+    /// stored manifest (its placement may differ from the proposed one).
+    ManifestIdentical { existing: Box<Manifest> },
+    /// A compare-and-set replaced the manifest.
+    ManifestUpdated { version: u64 },
+    /// The cluster map changed; its new epoch.
+    MapChanged { epoch: u64 },
+    /// The erasure profile for new writes changed.
+    ProfileSet,
+}
+
+/// A command the state machine refused; nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejected {
+    /// Same SOP Instance UID, different content.
+    #[error(
+        "instance {sop_instance_uid} is already stored with different bytes (stored blake3 {existing_blake3}, stored at {existing_stored_at_unix_ms} ms since epoch; offered blake3 {offered_blake3})"
+    )]
+    Conflict {
+        sop_instance_uid: String,
+        existing_blake3: String,
+        offered_blake3: String,
+        existing_stored_at_unix_ms: i64,
+    },
+    /// A compare-and-set found another version.
+    #[error("version mismatch: expected {expected}, stored {current}")]
+    VersionMismatch { expected: u64, current: u64 },
+    /// The thing the command names does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The command is malformed or not allowed in this state.
+    #[error("invalid command: {0}")]
+    Invalid(String),
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Served by the leader after a read-index round (`ensure_linearizable`):
+    /// reflects every write acknowledged before the read began.
+    Linearizable,
+    /// Served by any voter from its local state machine: may miss the most
+    /// recent writes. Used where staleness is harmless (see ARCHITECTURE.md).
+    Stale,
+}
+
+/// A read of the metadata state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    GetManifest {
+        tenant: String,
+        sop_instance_uid: String,
+        consistency: Consistency,
+    },
+    /// One page of a study's instances, in (series, SOP Instance UID) order,
+    /// starting after `after` (series, sop) when given.
+    ListStudy {
+        tenant: String,
+        study_instance_uid: String,
+        series_instance_uid: Option<String>,
+        after: Option<(String, String)>,
+        limit: u32,
+        consistency: Consistency,
+    },
+    /// The cluster map and profile.
+    GetClusterMap { consistency: Consistency },
+    /// Counts of stored manifests by protection state.
+    CountManifests { consistency: Consistency },
+}
+
+/// The answer to a [`Query`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryResult {
+    Manifest(Option<Box<Manifest>>),
+    StudyPage {
+        manifests: Vec<Manifest>,
+        /// Pass as `after` to get the next page; `None` when this is the last.
+        next: Option<(String, String)>,
+    },
+    ClusterMap {
+        map: Option<ClusterMap>,
+        profile: Option<EcParams>,
+    },
+    ManifestCounts {
+        total: u64,
+        under_protected: u64,
+    },
+}
+
+/// A voter of the metadata cluster: its Raft id and the address of its
+/// internal gRPC endpoint (Raft + Meta services).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voter {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// Cluster lifecycle requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Initialise a new cluster with these voters. Refused (not destructive)
+    /// on a node that is already part of a cluster.
+    Bootstrap { voters: Vec<Voter> },
+    /// Add a non-voting member that replicates the log.
+    AddLearner { voter: Voter },
+    /// Make exactly these ids the voters (learners not listed stay learners).
+    ChangeVoters { ids: Vec<u64> },
+    /// The answering node's view of the cluster.
+    Status,
+}
+
+/// Answers to [`AdminRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResponse {
+    Done,
+    Status(MetaStatus),
+}
+
+/// One node's view of the metadata cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaStatus {
+    pub id: u64,
+    pub state: String,
+    pub current_term: u64,
+    pub current_leader: Option<u64>,
+    pub leader_addr: Option<String>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub voters: Vec<Voter>,
+    pub learners: Vec<Voter>,
+}
+
+/// Set on a refusal the server made before anything was proposed (not the
+/// leader, no quorum for a read): the call is safe to repeat.
+pub const NOT_PROPOSED_HEADER: &str = "kura-not-proposed";
+
+/// gRPC metadata keys a follower sets when it refuses a leader-only call.
+pub const LEADER_ID_HEADER: &str = "kura-leader-id";
+/// See [`LEADER_ID_HEADER`].
+pub const LEADER_ADDR_HEADER: &str = "kura-leader-addr";

@@ -1,0 +1,214 @@
+//! `kura meta …`: run one metadata node, bootstrap a new metadata cluster,
+//! ask a node for its view. The building blocks `kura server` and
+//! `kura dev` use, exposed for operators and benchmarks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use kura_meta::{MetaConfig, MetaNode, RaftTimings};
+use kura_proto::meta::{AdminRequest, AdminResponse, Voter};
+use kura_proto::meta_client::MetaClient;
+
+#[derive(Debug, Subcommand)]
+pub enum MetaCommand {
+    /// Run one metadata node until Ctrl-C (or SIGTERM).
+    Run(RunArgs),
+    /// Initialise a new metadata cluster with its voters. Refused by a node
+    /// that already belongs to a cluster.
+    Bootstrap(BootstrapArgs),
+    /// Show one node's view of the metadata cluster.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's Raft id (unique in the cluster, > 0).
+    #[arg(long)]
+    id: u64,
+    /// Address to listen on for the Raft and Meta services.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: String,
+    /// Address other nodes reach this one at (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory (RocksDB and snapshots).
+    #[arg(long)]
+    data: PathBuf,
+    /// Build a snapshot after this many applied entries.
+    #[arg(long, default_value_t = RaftTimings::default().snapshot_every_entries)]
+    snapshot_every: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// The node to send the bootstrap to (one of the voters).
+    #[arg(long)]
+    endpoint: String,
+    /// A voter as ID=HOST:PORT; repeat for each.
+    #[arg(long = "voter", value_name = "ID=ADDR", required = true)]
+    voters: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node to ask.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    endpoint: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: MetaCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(async move {
+        match command {
+            MetaCommand::Run(args) => run_node(args).await,
+            MetaCommand::Bootstrap(args) => bootstrap(args).await,
+            MetaCommand::Status(args) => status(args).await,
+        }
+    })
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+async fn run_node(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logs();
+    if args.id == 0 {
+        bail!("--id must be greater than 0");
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr()?.to_string();
+    let timings = RaftTimings {
+        snapshot_every_entries: args.snapshot_every,
+        ..RaftTimings::default()
+    };
+    let config = MetaConfig {
+        id: args.id,
+        data_dir: args.data.clone(),
+        advertise_addr: args.advertise.unwrap_or_else(|| addr.clone()),
+        timings,
+        timeouts: Default::default(),
+    };
+    let node = MetaNode::start(config, listener)
+        .await
+        .with_context(|| format!("start metadata node {} in {}", args.id, args.data.display()))?;
+    println!("metadata node {} listening on {addr}", args.id);
+    shutdown_signal().await;
+    println!("shutting down metadata node {}", args.id);
+    node.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn parse_voter(s: &str) -> anyhow::Result<Voter> {
+    let (id, addr) = s
+        .split_once('=')
+        .with_context(|| format!("voter {s:?} is not ID=HOST:PORT"))?;
+    let id: u64 = id
+        .parse()
+        .with_context(|| format!("voter id {id:?} is not a number"))?;
+    if addr.is_empty() {
+        bail!("voter {id} has no address");
+    }
+    Ok(Voter {
+        id,
+        addr: addr.to_owned(),
+    })
+}
+
+async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
+    let voters = args
+        .voters
+        .iter()
+        .map(|v| parse_voter(v))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let client = MetaClient::new(vec![args.endpoint.clone()]);
+    client
+        .admin_at(&args.endpoint, &AdminRequest::Bootstrap { voters })
+        .await
+        .context("bootstrap")?;
+    println!(
+        "bootstrapped the metadata cluster through {}",
+        args.endpoint
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = MetaClient::new(vec![args.endpoint.clone()]);
+    let AdminResponse::Status(s) = client
+        .admin_at(&args.endpoint, &AdminRequest::Status)
+        .await
+        .context("status")?
+    else {
+        bail!("unexpected answer to status");
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": s.id,
+                "state": s.state,
+                "term": s.current_term,
+                "leader": s.current_leader,
+                "leader_addr": s.leader_addr,
+                "last_log_index": s.last_log_index,
+                "last_applied_index": s.last_applied_index,
+                "snapshot_index": s.snapshot_index,
+                "voters": s.voters.iter().map(|v| serde_json::json!({"id": v.id, "addr": v.addr})).collect::<Vec<_>>(),
+                "learners": s.learners.iter().map(|v| serde_json::json!({"id": v.id, "addr": v.addr})).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!("node        {} ({})", s.id, s.state);
+        println!("term        {}", s.current_term);
+        match (s.current_leader, &s.leader_addr) {
+            (Some(l), Some(a)) => println!("leader      {l} at {a}"),
+            (Some(l), None) => println!("leader      {l}"),
+            _ => println!("leader      none known"),
+        }
+        println!(
+            "log         last {:?}, applied {:?}, snapshot {:?}",
+            s.last_log_index, s.last_applied_index, s.snapshot_index
+        );
+        for v in &s.voters {
+            println!("voter       {} at {}", v.id, v.addr);
+        }
+        for v in &s.learners {
+            println!("learner     {} at {}", v.id, v.addr);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
