@@ -1,0 +1,420 @@
+//! Metadata cluster benchmark: committed manifest puts per second and
+//! p50/p99 commit latency on a 3-voter loopback cluster of real
+//! `kura meta run` processes, at several client concurrencies and after
+//! several index sizes; and in the same run the ceiling — the same manifest
+//! bytes written straight to one local RocksDB with synced writes, at the
+//! same concurrency. Prints Kura ÷ ceiling.
+//!
+//! ```text
+//! cargo build --release -p kura -p kura-bench
+//! target/release/meta --kura target/release/kura [--clients 1,16,64]
+//!     [--seconds 5] [--preload 0,100000,1000000] [--json]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kura_erasure::EcParams;
+use kura_placement::{
+    MANIFEST_FORMAT_VERSION, Manifest, Protection, SegmentManifest, ShardLocation,
+};
+use kura_proto::meta::{AdminRequest, AdminResponse, Applied, Command, Voter};
+use kura_proto::meta_client::{MetaClient, Retry};
+
+struct Args {
+    kura: PathBuf,
+    clients: Vec<usize>,
+    seconds: u64,
+    preload: Vec<u64>,
+    json: bool,
+}
+
+fn parse_list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<T>()
+                .map_err(|_| format!("bad number {p:?}"))
+        })
+        .collect()
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        kura: PathBuf::from("target/release/kura"),
+        clients: vec![1, 16, 64],
+        seconds: 5,
+        preload: vec![0],
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--kura" => a.kura = PathBuf::from(value()?),
+            "--clients" => a.clients = parse_list(&value()?)?,
+            "--seconds" => a.seconds = value()?.parse().map_err(|_| "bad --seconds")?,
+            "--preload" => a.preload = parse_list(&value()?)?,
+            "--json" => a.json = true,
+            "-h" | "--help" => {
+                println!(
+                    "meta --kura PATH [--clients 1,16,64] [--seconds 5] [--preload 0,100000] [--json]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// A realistic manifest: a 0.5 MB CT slice, one 4 MiB segment, RS(5,4).
+fn manifest(n: u64) -> Manifest {
+    let ec = EcParams::default();
+    let size = 524_288u64 + (n % 4096);
+    let data_len = size as u32;
+    let shard_len = ec.shard_len(data_len);
+    let mut blake = [0u8; 32];
+    blake[..8].copy_from_slice(&n.to_le_bytes());
+    blake[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        tenant: "bench".into(),
+        sop_instance_uid: format!("1.2.826.0.1.3680043.10.1.{}", n + 1),
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+        study_instance_uid: format!("1.2.826.0.1.3680043.10.2.{}", n / 200 + 1),
+        series_instance_uid: format!("1.2.826.0.1.3680043.10.3.{}", n / 50 + 1),
+        transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+        patient_id: format!("BENCH{:06}", n / 1000),
+        modality: "CT".into(),
+        study_date: "20261125".into(),
+        size,
+        blake3: blake,
+        object_key: blake,
+        ec,
+        segments: vec![SegmentManifest {
+            index: 0,
+            data_len,
+            shards: (0..9u8)
+                .map(|i| ShardLocation {
+                    index: i,
+                    node: Some(u64::from(i) + 1),
+                    blake3: [i; 32],
+                    len: shard_len,
+                })
+                .collect(),
+        }],
+        protection: Protection::Full,
+        version: 0,
+        stored_at_unix_ms: 1_764_000_000_000,
+        updated_at_unix_ms: 1_764_000_000_000,
+        retain_until_unix_ms: None,
+    }
+}
+
+struct Cluster {
+    children: Vec<Child>,
+    addrs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+async fn start_cluster(kura: &Path) -> Result<Cluster, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    let mut addrs = Vec::new();
+    for id in 1..=3u64 {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let log = std::fs::File::create(dir.path().join(format!("meta-{id}.log")))
+            .map_err(|e| e.to_string())?;
+        let child = Process::new(kura)
+            .args([
+                "meta",
+                "run",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &addr,
+                "--data",
+            ])
+            .arg(dir.path().join(format!("meta-{id}")))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", kura.display()))?;
+        children.push(child);
+        addrs.push(addr);
+    }
+    let cluster = Cluster {
+        children,
+        addrs,
+        _dir: dir,
+    };
+    let client = MetaClient::new(cluster.addrs.clone());
+    let voters: Vec<Voter> = cluster
+        .addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Voter {
+            id: i as u64 + 1,
+            addr: a.clone(),
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client
+            .admin_at(
+                &cluster.addrs[0],
+                &AdminRequest::Bootstrap {
+                    voters: voters.clone(),
+                },
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("bootstrap: {e}")),
+        }
+    }
+    loop {
+        if let Ok(AdminResponse::Status(s)) = client
+            .admin_at(&cluster.addrs[0], &AdminRequest::Status)
+            .await
+        {
+            if s.current_leader.is_some() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("no leader within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(cluster)
+}
+
+struct Figures {
+    ops: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Figures {
+    fn per_second(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+}
+
+fn percentiles(mut lat: Vec<Duration>, ops: u64, seconds: f64) -> Figures {
+    lat.sort();
+    let at = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lat.len() as f64 - 1.0) * q).round() as usize;
+        lat[i].as_secs_f64() * 1e3
+    };
+    Figures {
+        ops,
+        seconds,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
+/// Puts new manifests from `clients` tasks for `seconds`.
+async fn run_puts(
+    client: &MetaClient,
+    next: &Arc<AtomicU64>,
+    clients: usize,
+    seconds: u64,
+) -> Result<Figures, String> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = client.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < end {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let cmd = Command::PutManifest(manifest(n));
+                let t = Instant::now();
+                match client.propose(&cmd, Retry::Idempotent).await {
+                    Ok(Ok(Applied::ManifestCreated { .. } | Applied::ManifestIdentical { .. })) => {
+                        lat.push(t.elapsed())
+                    }
+                    other => return Err(format!("put {n}: {other:?}")),
+                }
+            }
+            Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ops = all.len() as u64;
+    Ok(percentiles(all, ops, secs))
+}
+
+/// Brings the index up to `target` manifests with many concurrent puts.
+async fn preload(client: &MetaClient, next: &Arc<AtomicU64>, target: u64) -> Result<(), String> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let client = client.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= target {
+                    next.fetch_sub(1, Ordering::Relaxed);
+                    return Ok::<(), String>(());
+                }
+                client
+                    .propose(&Command::PutManifest(manifest(n)), Retry::Idempotent)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                if n % 100_000 == 0 && n > 0 {
+                    eprintln!(
+                        "  preloaded {n} manifests ({:.0} s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// The ceiling: the same encoded manifests put straight into one RocksDB
+/// with synced writes, from `clients` threads, for `seconds`.
+fn ceiling(dir: &Path, clients: usize, seconds: u64) -> Result<Figures, String> {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    let db = Arc::new(rocksdb::DB::open(&opts, dir).map_err(|e| e.to_string())?);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut threads = Vec::new();
+    for _ in 0..clients {
+        let db = db.clone();
+        let next = next.clone();
+        threads.push(std::thread::spawn(
+            move || -> Result<Vec<Duration>, String> {
+                let mut w = rocksdb::WriteOptions::default();
+                w.set_sync(true);
+                let mut lat = Vec::new();
+                while Instant::now() < end {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let m = manifest(n);
+                    let value = kura_proto::codec::encode(&m).map_err(|e| e.to_string())?;
+                    let t = Instant::now();
+                    db.put_opt(m.sop_instance_uid.as_bytes(), value, &w)
+                        .map_err(|e| e.to_string())?;
+                    lat.push(t.elapsed());
+                }
+                Ok(lat)
+            },
+        ));
+    }
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(
+            t.join()
+                .map_err(|_| "ceiling thread panicked".to_string())??,
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ops = all.len() as u64;
+    Ok(percentiles(all, ops, secs))
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = real_main().await {
+        eprintln!("meta bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main() -> Result<(), String> {
+    let args = parse_args()?;
+    eprintln!("starting a 3-voter cluster of {}", args.kura.display());
+    let cluster = start_cluster(&args.kura).await?;
+    let client = MetaClient::new(cluster.addrs.clone());
+    let next = Arc::new(AtomicU64::new(0));
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    let mut preload_levels = args.preload.clone();
+    preload_levels.sort_unstable();
+    for level in preload_levels {
+        if next.load(Ordering::Relaxed) < level {
+            eprintln!("preloading to {level} manifests …");
+            preload(&client, &next, level).await?;
+        }
+        let stored = next.load(Ordering::Relaxed);
+        for &c in &args.clients {
+            let kura = run_puts(&client, &next, c, args.seconds).await?;
+            let ceil_dir = scratch.path().join(format!("ceiling-{level}-{c}"));
+            let ceil = ceiling(&ceil_dir, c, args.seconds)?;
+            if !args.json {
+                println!(
+                    "index {:>9}  clients {:>3}  kura {:>8.0} puts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  | ceiling {:>8.0} puts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  | kura/ceiling {:.2}",
+                    stored,
+                    c,
+                    kura.per_second(),
+                    kura.p50_ms,
+                    kura.p99_ms,
+                    ceil.per_second(),
+                    ceil.p50_ms,
+                    ceil.p99_ms,
+                    kura.per_second() / ceil.per_second()
+                );
+            }
+            rows.push(format!(
+                "{{\"index\":{stored},\"clients\":{c},\"kura_puts_per_s\":{:.1},\"kura_p50_ms\":{:.3},\"kura_p99_ms\":{:.3},\"ceiling_puts_per_s\":{:.1},\"ceiling_p50_ms\":{:.3},\"ceiling_p99_ms\":{:.3},\"ratio\":{:.3}}}",
+                kura.per_second(),
+                kura.p50_ms,
+                kura.p99_ms,
+                ceil.per_second(),
+                ceil.p50_ms,
+                ceil.p99_ms,
+                kura.per_second() / ceil.per_second()
+            ));
+            let _ = std::fs::remove_dir_all(&ceil_dir);
+        }
+    }
+    if args.json {
+        println!("[{}]", rows.join(","));
+    }
+    drop(cluster);
+    Ok(())
+}
