@@ -1,0 +1,249 @@
+//! One storage node: opens its shard store, serves the Shards service on a
+//! listener, reports its usage to the metadata cluster, and stops for real
+//! on [`StorageNode::shutdown`] (server, reporter, and the store's database
+//! all released, so the directory can be opened again).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kura_proto::shards_client::{
+    CONNECTION_WINDOW_BYTES, MESSAGE_BYTES_MAX, SHARD_BYTES_MAX, STREAM_WINDOW_BYTES,
+};
+use kura_proto::v1::internal::shards_server::ShardsServer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::StoreError;
+use crate::report;
+use crate::service::ShardsService;
+use crate::store::ShardStore;
+
+/// Shard bytes all puts and gets of one node may buffer at once by default
+/// (see [`ShardsService`]): ~300 typical 820 KiB shards (4 MiB segments,
+/// k = 5), or 3 of the largest possible.
+pub const BUFFER_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+
+const _: () = assert!(BUFFER_BYTES_MAX_DEFAULT >= SHARD_BYTES_MAX);
+/// How often the node reports its usage by default.
+pub const REPORT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for running requests before cutting them off.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What a storage node needs to start.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The node's id in the cluster map.
+    pub node_id: u64,
+    /// Where its shards and index live.
+    pub data_dir: PathBuf,
+    /// The most bytes of shards it may hold; `None`: what it holds plus the
+    /// disk's free space (less a headroom for the index).
+    pub capacity_bytes: Option<u64>,
+    /// Metadata voters (`host:port`) to report usage to; none: no reports.
+    pub meta_endpoints: Vec<String>,
+    /// How often to report.
+    pub report_interval: Duration,
+    /// Shard bytes buffered by all requests together; at least
+    /// [`SHARD_BYTES_MAX`].
+    pub buffer_bytes_max: u64,
+}
+
+impl StoreConfig {
+    /// A config with the defaults: capacity from the disk, no reports.
+    pub fn new(node_id: u64, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_id,
+            data_dir: data_dir.into(),
+            capacity_bytes: None,
+            meta_endpoints: Vec::new(),
+            report_interval: REPORT_INTERVAL_DEFAULT,
+            buffer_bytes_max: BUFFER_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// A running storage node.
+pub struct StorageNode {
+    node_id: u64,
+    addr: SocketAddr,
+    store: Option<Arc<ShardStore>>,
+    service: Option<ShardsService>,
+    server_stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    reporter_stop: Option<oneshot::Sender<()>>,
+    reporter: Option<JoinHandle<()>>,
+}
+
+impl StorageNode {
+    /// Opens the store in `config.data_dir` (creating it if new) and serves
+    /// on `listener`.
+    pub async fn start(
+        config: StoreConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Self, StoreError> {
+        let StoreConfig {
+            node_id,
+            data_dir,
+            capacity_bytes,
+            meta_endpoints,
+            report_interval,
+            buffer_bytes_max,
+        } = config;
+        if buffer_bytes_max < SHARD_BYTES_MAX {
+            return Err(StoreError::InvalidArgument(format!(
+                "buffer_bytes_max is {buffer_bytes_max}; it must hold the largest shard, {SHARD_BYTES_MAX} bytes"
+            )));
+        }
+        if report_interval < report::REPORT_INTERVAL_MIN {
+            return Err(StoreError::InvalidArgument(format!(
+                "report_interval must be at least {:?}",
+                report::REPORT_INTERVAL_MIN
+            )));
+        }
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StoreError::io("listener address", e))?;
+        let store =
+            tokio::task::spawn_blocking(move || ShardStore::open(&data_dir, capacity_bytes))
+                .await
+                .map_err(|e| StoreError::Internal(format!("open task failed: {e}")))??;
+        let store = Arc::new(store);
+        let service = ShardsService::new(node_id, Arc::clone(&store), buffer_bytes_max);
+        let (server_stop, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+            .tcp_nodelay(true)
+            .add_service(
+                ShardsServer::new(service.clone())
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            );
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let (reporter_stop, reporter) = if meta_endpoints.is_empty() {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let task = report::spawn(
+                node_id,
+                Arc::clone(&store),
+                meta_endpoints,
+                report_interval,
+                rx,
+            );
+            (Some(tx), Some(task))
+        };
+        tracing::info!(node = node_id, %addr, "storage node started");
+        Ok(Self {
+            node_id,
+            addr,
+            store: Some(store),
+            service: Some(service),
+            server_stop: Some(server_stop),
+            server: Some(server),
+            reporter_stop,
+            reporter,
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The address the node serves at.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The store, for in-process callers (tests, the scrubber).
+    pub fn store(&self) -> Option<&Arc<ShardStore>> {
+        self.store.as_ref()
+    }
+
+    /// Stops serving (new requests are refused at once, running ones get
+    /// [`SHUTDOWN_GRACE`]), stops reporting, and closes the store. When it
+    /// returns `Ok`, nothing of the node runs and its directory is free.
+    pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        if let Some(service) = &self.service {
+            service.close();
+        }
+        if let Some(tx) = self.reporter_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.reporter.take() {
+            if let Err(e) = task.await {
+                tracing::warn!(node = self.node_id, error = %e, "usage reporter ended badly");
+            }
+        }
+        if let Some(tx) = self.server_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut server) = self.server.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(node = self.node_id, error = %e, "server ended with an error")
+                }
+                Ok(Err(e)) => tracing::warn!(node = self.node_id, error = %e, "server task failed"),
+                Err(_) => {
+                    tracing::warn!(
+                        node = self.node_id,
+                        "requests still running after the grace period: cut off"
+                    );
+                    server.abort();
+                    let _ = server.await;
+                }
+            }
+        }
+        self.service = None;
+        let Some(mut store) = self.store.take() else {
+            return Ok(());
+        };
+        // Other holders are blocking tasks still finishing an operation the
+        // server no longer waits for; they end on their own.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let store = loop {
+            match Arc::try_unwrap(store) {
+                Ok(store) => break store,
+                Err(shared) if tokio::time::Instant::now() < deadline => {
+                    store = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    return Err(StoreError::Internal(
+                        "the shard store is still in use after shutdown".into(),
+                    ));
+                }
+            }
+        };
+        // Closing RocksDB waits for its background work: not on the reactor.
+        tokio::task::spawn_blocking(move || drop(store))
+            .await
+            .map_err(|e| StoreError::Internal(format!("closing the store failed: {e}")))?;
+        tracing::info!(node = self.node_id, "storage node stopped");
+        Ok(())
+    }
+}
+
+impl Drop for StorageNode {
+    fn drop(&mut self) {
+        // A node dropped without shutdown() still stops serving.
+        if let Some(service) = &self.service {
+            service.close();
+        }
+        if let Some(tx) = self.server_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.reporter_stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
