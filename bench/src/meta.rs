@@ -199,10 +199,9 @@ async fn start_cluster(kura: &Path) -> Result<Cluster, String> {
         if let Ok(AdminResponse::Status(s)) = client
             .admin_at(&cluster.addrs[0], &AdminRequest::Status)
             .await
+            && s.current_leader.is_some()
         {
-            if s.current_leader.is_some() {
-                break;
-            }
+            break;
         }
         if Instant::now() > deadline {
             return Err("no leader within 30 s".into());
@@ -299,7 +298,7 @@ async fn preload(client: &MetaClient, next: &Arc<AtomicU64>, target: u64) -> Res
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
-                if n % 100_000 == 0 && n > 0 {
+                if n.is_multiple_of(100_000) && n > 0 {
                     eprintln!(
                         "  preloaded {n} manifests ({:.0} s)",
                         started.elapsed().as_secs_f64()

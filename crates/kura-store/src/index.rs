@@ -90,7 +90,7 @@ pub enum EntryError {
 }
 
 impl IndexEntry {
-    pub fn to_bytes(&self) -> [u8; ENTRY_V1_BYTES] {
+    pub fn to_bytes(self) -> [u8; ENTRY_V1_BYTES] {
         let mut out = [0u8; ENTRY_V1_BYTES];
         out[0] = ENTRY_FORMAT_VERSION;
         out[1] = match self.state {

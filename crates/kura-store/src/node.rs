@@ -178,10 +178,10 @@ impl StorageNode {
         if let Some(tx) = self.reporter_stop.take() {
             let _ = tx.send(());
         }
-        if let Some(task) = self.reporter.take() {
-            if let Err(e) = task.await {
-                tracing::warn!(node = self.node_id, error = %e, "usage reporter ended badly");
-            }
+        if let Some(task) = self.reporter.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!(node = self.node_id, error = %e, "usage reporter ended badly");
         }
         if let Some(tx) = self.server_stop.take() {
             let _ = tx.send(());

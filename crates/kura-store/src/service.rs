@@ -108,7 +108,8 @@ impl ShardsService {
         &self,
         f: impl FnOnce(&ShardStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.check_open()?;
+        // No closing check here: a request that was admitted finishes
+        // within the shutdown grace period.
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || f(&store))
             .await
@@ -293,10 +294,11 @@ impl Shards for ShardsService {
         &self,
         request: Request<pb::GetShardRequest>,
     ) -> Result<Response<Self::GetShardStream>, Status> {
-        self.get(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(|e| reply("get", e))
+        let run = async {
+            self.check_open()?;
+            self.get(request.into_inner()).await
+        };
+        run.await.map(Response::new).map_err(|e| reply("get", e))
     }
 
     async fn delete_shard(
@@ -304,6 +306,7 @@ impl Shards for ShardsService {
         request: Request<pb::DeleteShardRequest>,
     ) -> Result<Response<pb::DeleteShardResponse>, Status> {
         let run = async {
+            self.check_open()?;
             let id = required_id(request.get_ref().id.as_ref(), "id")?;
             let existed = self.blocking(move |store| store.delete(&id)).await?;
             Ok(pb::DeleteShardResponse { existed })
@@ -316,6 +319,7 @@ impl Shards for ShardsService {
         request: Request<pb::StatShardRequest>,
     ) -> Result<Response<pb::ShardInfo>, Status> {
         let run = async {
+            self.check_open()?;
             let id = required_id(request.get_ref().id.as_ref(), "id")?;
             let info = self.blocking(move |store| store.stat(&id)).await?;
             Ok(info.to_proto())
@@ -330,6 +334,7 @@ impl Shards for ShardsService {
         request: Request<pb::ListShardsRequest>,
     ) -> Result<Response<Self::ListShardsStream>, Status> {
         let run = async {
+            self.check_open()?;
             let request = request.into_inner();
             let after: Option<ShardId> = match &request.after {
                 Some(a) => Some(ShardId::try_from(a)?),
@@ -350,8 +355,11 @@ impl Shards for ShardsService {
         _request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         let node_id = self.node_id;
-        self.blocking(move |store| store.status(node_id))
-            .await
+        let run = async {
+            self.check_open()?;
+            self.blocking(move |store| store.status(node_id)).await
+        };
+        run.await
             .map(|s| Response::new(pb::NodeStatusResponse::from(&s)))
             .map_err(|e| reply("status", e))
     }

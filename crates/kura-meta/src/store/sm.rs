@@ -77,6 +77,10 @@ fn study_key(m: &Manifest) -> Vec<u8> {
     k
 }
 
+/// One page of a study listing: the manifests, and the (series, SOP
+/// Instance UID) cursor of the next page when more may follow.
+pub type StudyPage = (Vec<Manifest>, Option<(String, String)>);
+
 /// Read access to a node's applied state, for queries served outside
 /// openraft. Cheap to clone.
 #[derive(Clone)]
@@ -127,7 +131,7 @@ impl StateReader {
         series: Option<&str>,
         after: Option<(&str, &str)>,
         limit: usize,
-    ) -> Result<(Vec<Manifest>, Option<(String, String)>), StorageError> {
+    ) -> Result<StudyPage, StorageError> {
         let mut prefix = study_prefix(tenant, study);
         if let Some(series) = series {
             prefix.extend_from_slice(series.as_bytes());

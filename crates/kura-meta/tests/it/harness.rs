@@ -110,10 +110,10 @@ impl TestCluster {
             let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
             for node in self.nodes.values() {
                 let m = node.raft().metrics().borrow().clone();
-                if let Some(l) = m.current_leader {
-                    if self.nodes.contains_key(&l) {
-                        *votes.entry(l).or_default() += 1;
-                    }
+                if let Some(l) = m.current_leader
+                    && self.nodes.contains_key(&l)
+                {
+                    *votes.entry(l).or_default() += 1;
                 }
             }
             if let Some((l, n)) = votes.into_iter().max_by_key(|(_, n)| *n) {

@@ -123,12 +123,11 @@ async fn concurrent_history_across_leader_kills_is_linearizable() {
                     },
                     _ => Op::Read,
                 };
-                let id = history.lock().expect("history").invoke(
-                    client_no,
-                    uid(key),
-                    op.clone(),
-                    now(start),
-                );
+                let id =
+                    history
+                        .lock()
+                        .expect("history")
+                        .invoke(client_no, uid(key), op, now(start));
                 let outcome = run_op(&client, key, &op).await;
                 let at = now(start);
                 match &outcome {
@@ -173,7 +172,6 @@ async fn concurrent_history_across_leader_kills_is_linearizable() {
         t.await.expect("client task");
     }
     let history = Arc::try_unwrap(history)
-        .ok()
         .expect("history still shared")
         .into_inner()
         .expect("history lock");
@@ -193,12 +191,11 @@ async fn concurrent_history_across_leader_kills_is_linearizable() {
     for e in history.events() {
         stale.record(e.clone());
         last_time = last_time.max(e.complete.unwrap_or(e.invoke)).max(e.invoke);
-        if let Some(Outcome::CasOk { new_version }) = e.outcome {
-            if let Op::Cas { value, .. } = e.op {
-                if newest.as_ref().is_none_or(|(_, _, v)| new_version > *v) {
-                    newest = Some((e.key.clone(), value, new_version));
-                }
-            }
+        if let Some(Outcome::CasOk { new_version }) = e.outcome
+            && let Op::Cas { value, .. } = e.op
+            && newest.as_ref().is_none_or(|(_, _, v)| new_version > *v)
+        {
+            newest = Some((e.key.clone(), value, new_version));
         }
     }
     let (key, value, version) = match newest {

@@ -139,7 +139,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// segments), with content chosen by `seed`. k = 1 so any payload length
 /// is a whole segment; the index may go up to 254.
 pub fn shard(key: u8, segment: u32, index: u8, payload_len: u32, seed: u64) -> (ShardId, Bytes) {
-    assert!(payload_len >= 64 && payload_len % 64 == 0);
+    assert!(payload_len >= 64 && payload_len.is_multiple_of(64));
     let mut payload = vec![0u8; payload_len as usize];
     let mut xof = blake3::Hasher::new()
         .update(&seed.to_le_bytes())
