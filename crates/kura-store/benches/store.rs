@@ -7,6 +7,8 @@
 //! with 4 threads, where RocksDB's group commit could help BlobDB), and the
 //! disk space left after deleting half of the shards. The ceiling is a bare
 //! write + fdatasync of one file per shard, measured in the same run.
+//! `direct` is the files design without the temp file (created under its
+//! final name), to see what the rename costs.
 //!
 //! Both designs do the same checks: a put verifies the shard first, a get
 //! verifies it after reading (header checksum and payload blake3).
