@@ -22,7 +22,7 @@ use std::time::Duration;
 use kura_proto::codec;
 use kura_proto::meta::{
     AdminRequest, AdminResponse, COMMAND_BYTES_MAX, Command, CommandResult, Consistency,
-    LIST_PAGE_MAX, MetaStatus, Query, QueryResult, Voter,
+    LIST_PAGE_MAX, MetaStatus, OBJECT_KEYS_MAX, Query, QueryResult, Voter,
 };
 use kura_proto::v1::internal::MetaPayload;
 use kura_proto::v1::internal::meta_server::Meta;
@@ -170,6 +170,18 @@ impl MetaServer {
                 self.consistent(consistency).await?;
                 let (map, profile) = self.reader.cluster()?;
                 Ok(QueryResult::ClusterMap { map, profile })
+            }
+            Query::ObjectsReferenced { keys, consistency } => {
+                if keys.len() > OBJECT_KEYS_MAX {
+                    return Err(MetaError::InvalidArgument(format!(
+                        "at most {OBJECT_KEYS_MAX} object keys per query, not {}",
+                        keys.len()
+                    )));
+                }
+                self.consistent(consistency).await?;
+                Ok(QueryResult::ObjectsReferenced(
+                    self.reader.objects_referenced(&keys)?,
+                ))
             }
             Query::CountManifests { consistency } => {
                 self.consistent(consistency).await?;

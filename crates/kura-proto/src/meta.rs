@@ -49,6 +49,12 @@ pub enum Command {
     /// manifest if one with the same content (tenant, UID, blake3, size) is
     /// there; refused as a conflict if the content differs.
     PutManifest(Manifest),
+    /// Bulk import (migrating an existing archive's index, benchmarks):
+    /// every manifest is applied exactly as a `PutManifest`, all in one log
+    /// entry. A conflict refuses that manifest only; the answer counts what
+    /// was created and lists the conflicts. Invalid manifests refuse the
+    /// whole batch. At most [`BULK_MANIFESTS_MAX`] per command.
+    PutManifests(Vec<Manifest>),
     /// Replace a manifest if its stored version is `expected_version` (repair
     /// and drain use it to move shards). The content identity must not
     /// change. The new manifest's version is set to `expected_version + 1`.
@@ -80,6 +86,7 @@ impl Command {
     pub fn kind(&self) -> &'static str {
         match self {
             Command::PutManifest(_) => "put_manifest",
+            Command::PutManifests(_) => "put_manifests",
             Command::CasManifest { .. } => "cas_manifest",
             Command::InitCluster { .. } => "init_cluster",
             Command::UpsertNode(_) => "upsert_node",
@@ -95,19 +102,18 @@ impl Command {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Command::PutManifest(m) | Command::CasManifest { manifest: m, .. } => {
-                validate_tenant(&m.tenant)?;
-                for (what, uid) in [
-                    ("SOP Instance UID", &m.sop_instance_uid),
-                    ("Study Instance UID", &m.study_instance_uid),
-                    ("Series Instance UID", &m.series_instance_uid),
-                ] {
-                    if uid.len() > UID_BYTES_MAX
-                        || uid.bytes().any(|b| !(b.is_ascii_digit() || b == b'.'))
-                    {
-                        return Err(format!("{what} {uid:?} is not a DICOM UID"));
-                    }
+                validate_manifest(m)
+            }
+            Command::PutManifests(ms) => {
+                if ms.is_empty() || ms.len() > BULK_MANIFESTS_MAX {
+                    return Err(format!(
+                        "a bulk import carries 1 to {BULK_MANIFESTS_MAX} manifests, not {}",
+                        ms.len()
+                    ));
                 }
-                m.validate().map_err(|e| e.to_string())
+                ms.iter().enumerate().try_for_each(|(i, m)| {
+                    validate_manifest(m).map_err(|e| format!("manifest #{i}: {e}"))
+                })
             }
             Command::InitCluster { map, profile } => {
                 map.validate().map_err(|e| e.to_string())?;
@@ -130,6 +136,26 @@ impl Command {
     }
 }
 
+/// The most object keys one `ObjectsReferenced` query may ask about.
+pub const OBJECT_KEYS_MAX: usize = 4096;
+
+/// The most manifests one `PutManifests` command may carry.
+pub const BULK_MANIFESTS_MAX: usize = 10_000;
+
+fn validate_manifest(m: &Manifest) -> Result<(), String> {
+    validate_tenant(&m.tenant)?;
+    for (what, uid) in [
+        ("SOP Instance UID", &m.sop_instance_uid),
+        ("Study Instance UID", &m.study_instance_uid),
+        ("Series Instance UID", &m.series_instance_uid),
+    ] {
+        if uid.len() > UID_BYTES_MAX || uid.bytes().any(|b| !(b.is_ascii_digit() || b == b'.')) {
+            return Err(format!("{what} {uid:?} is not a DICOM UID"));
+        }
+    }
+    m.validate().map_err(|e| e.to_string())
+}
+
 /// What a committed command did.
 pub type CommandResult = Result<Applied, Rejected>;
 
@@ -141,6 +167,13 @@ pub enum Applied {
     /// The same content was already stored: nothing changed. Carries the
     /// stored manifest (its placement may differ from the proposed one).
     ManifestIdentical { existing: Box<Manifest> },
+    /// A bulk import: how many manifests were new, how many were already
+    /// stored with the same content, and the refused ones.
+    ManifestsImported {
+        created: u64,
+        identical: u64,
+        conflicts: Vec<Rejected>,
+    },
     /// A compare-and-set replaced the manifest.
     ManifestUpdated { version: u64 },
     /// The cluster map changed; its new epoch.
@@ -206,6 +239,13 @@ pub enum Query {
     GetClusterMap { consistency: Consistency },
     /// Counts of stored manifests by protection state.
     CountManifests { consistency: Consistency },
+    /// For each object key (at most [`OBJECT_KEYS_MAX`]), whether a stored
+    /// manifest references it: storage nodes ask before they reclaim shards
+    /// a failed store left behind.
+    ObjectsReferenced {
+        keys: Vec<[u8; 32]>,
+        consistency: Consistency,
+    },
 }
 
 /// The answer to a [`Query`].
@@ -225,6 +265,8 @@ pub enum QueryResult {
         total: u64,
         under_protected: u64,
     },
+    /// One answer per asked key, in order.
+    ObjectsReferenced(Vec<bool>),
 }
 
 /// A voter of the metadata cluster: its Raft id and the address of its

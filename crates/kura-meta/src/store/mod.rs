@@ -37,10 +37,13 @@ pub(crate) const CF_RAFT: &str = "raft";
 pub(crate) const CF_SM: &str = "sm";
 pub(crate) const CF_MANIFESTS: &str = "manifests";
 pub(crate) const CF_STUDY: &str = "study";
+/// Object key -> manifest key: which object keys a manifest references, so
+/// storage nodes can tell orphan shards (a failed store's) from live ones.
+pub(crate) const CF_OBJECTS: &str = "objects";
 
 /// The state machine's column families, in snapshot tag order (tag = index
 /// + 1). A snapshot carries exactly these.
-pub(crate) const SM_CFS: [&str; 3] = [CF_SM, CF_MANIFESTS, CF_STUDY];
+pub(crate) const SM_CFS: [&str; 4] = [CF_SM, CF_MANIFESTS, CF_STUDY, CF_OBJECTS];
 
 /// Opens (or creates) the database of a metadata node.
 pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
@@ -50,7 +53,7 @@ pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // Metadata is small and hot; keep files few and compaction cheap.
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(4);
-    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_MANIFESTS, CF_STUDY]
+    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_MANIFESTS, CF_STUDY, CF_OBJECTS]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))

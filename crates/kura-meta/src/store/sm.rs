@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot;
 use super::{
-    CF_MANIFESTS, CF_RAFT, CF_SM, CF_STUDY, StoreFault, cf, io_err, read_err, sync_write_opts,
-    write_err,
+    CF_MANIFESTS, CF_OBJECTS, CF_RAFT, CF_SM, CF_STUDY, StoreFault, cf, io_err, read_err,
+    sync_write_opts, write_err,
 };
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -109,6 +109,16 @@ impl StateReader {
     /// The cluster map and erasure profile, once initialised.
     pub fn cluster(&self) -> Result<(Option<ClusterMap>, Option<EcParams>), StorageError> {
         Ok((self.get(CF_SM, KEY_MAP)?, self.get(CF_SM, KEY_PROFILE)?))
+    }
+
+    /// For each object key, whether a stored manifest references it.
+    pub fn objects_referenced(&self, keys: &[[u8; 32]]) -> Result<Vec<bool>, StorageError> {
+        let h = cf(&self.db, CF_OBJECTS)?;
+        self.db
+            .multi_get_cf(keys.iter().map(|k| (h, k.as_slice())))
+            .into_iter()
+            .map(|r| r.map(|v| v.is_some()).map_err(read_err))
+            .collect()
     }
 
     /// Manifest counts.
@@ -321,36 +331,54 @@ fn hex32(b: &[u8; 32]) -> String {
     hex::encode(b)
 }
 
+fn put_manifest(txn: &mut Txn<'_>, mut m: Manifest) -> Result<CommandResult, StorageError> {
+    let key = manifest_key(&m.tenant, &m.sop_instance_uid);
+    if let Some(existing) = txn.get::<Manifest>(CF_MANIFESTS, &key)? {
+        if existing.same_content(&m) {
+            return Ok(Ok(Applied::ManifestIdentical {
+                existing: Box::new(existing),
+            }));
+        }
+        return Ok(Err(Rejected::Conflict {
+            sop_instance_uid: m.sop_instance_uid.clone(),
+            existing_blake3: hex32(&existing.blake3),
+            offered_blake3: hex32(&m.blake3),
+            existing_stored_at_unix_ms: existing.stored_at_unix_ms,
+        }));
+    }
+    m.version = 1;
+    let mut counts: ManifestCounts = txn.get(CF_SM, KEY_COUNTS)?.unwrap_or_default();
+    counts.total += 1;
+    if m.protection == Protection::UnderProtected {
+        counts.under_protected += 1;
+    }
+    txn.put(CF_SM, KEY_COUNTS.to_vec(), &counts)?;
+    txn.put_raw(CF_STUDY, study_key(&m), Vec::new());
+    txn.put_raw(CF_OBJECTS, m.object_key.to_vec(), key.clone());
+    txn.put(CF_MANIFESTS, key, &m)?;
+    Ok(Ok(Applied::ManifestCreated { version: 1 }))
+}
+
 fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, StorageError> {
     if let Err(reason) = cmd.validate() {
         return Ok(Err(Rejected::Invalid(reason)));
     }
     match cmd {
-        Command::PutManifest(mut m) => {
-            let key = manifest_key(&m.tenant, &m.sop_instance_uid);
-            if let Some(existing) = txn.get::<Manifest>(CF_MANIFESTS, &key)? {
-                if existing.same_content(&m) {
-                    return Ok(Ok(Applied::ManifestIdentical {
-                        existing: Box::new(existing),
-                    }));
+        Command::PutManifest(m) => put_manifest(txn, m),
+        Command::PutManifests(ms) => {
+            let (mut created, mut identical, mut conflicts) = (0, 0, Vec::new());
+            for m in ms {
+                match put_manifest(txn, m)? {
+                    Ok(Applied::ManifestCreated { .. }) => created += 1,
+                    Ok(_) => identical += 1,
+                    Err(r) => conflicts.push(r),
                 }
-                return Ok(Err(Rejected::Conflict {
-                    sop_instance_uid: m.sop_instance_uid.clone(),
-                    existing_blake3: hex32(&existing.blake3),
-                    offered_blake3: hex32(&m.blake3),
-                    existing_stored_at_unix_ms: existing.stored_at_unix_ms,
-                }));
             }
-            m.version = 1;
-            let mut counts: ManifestCounts = txn.get(CF_SM, KEY_COUNTS)?.unwrap_or_default();
-            counts.total += 1;
-            if m.protection == Protection::UnderProtected {
-                counts.under_protected += 1;
-            }
-            txn.put(CF_SM, KEY_COUNTS.to_vec(), &counts)?;
-            txn.put_raw(CF_STUDY, study_key(&m), Vec::new());
-            txn.put(CF_MANIFESTS, key, &m)?;
-            Ok(Ok(Applied::ManifestCreated { version: 1 }))
+            Ok(Ok(Applied::ManifestsImported {
+                created,
+                identical,
+                conflicts,
+            }))
         }
         Command::CasManifest {
             expected_version,

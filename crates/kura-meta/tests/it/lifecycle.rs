@@ -7,7 +7,7 @@ use std::time::Duration;
 use kura_proto::meta::{
     AdminRequest, AdminResponse, Applied, Command, Consistency, Query, QueryResult, Rejected, Voter,
 };
-use kura_proto::meta_client::{MetaClient, Retry};
+use kura_proto::meta_client::{MetaClient, MetaClientError, Retry};
 
 use crate::fixtures::{TENANT, manifest, uid};
 use crate::harness::{TestCluster, fast_timings};
@@ -327,4 +327,82 @@ async fn list_study_pages_through_series() {
     };
     assert_eq!(manifests.len(), 8);
     assert!(manifests.iter().all(|m| m.series_instance_uid == "1.2.3.2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulk_import_applies_each_manifest_as_a_put() {
+    let c = TestCluster::start(3, fast_timings()).await;
+    let client = c.client();
+    put(&client, 1).await;
+    // 1 is stored with content 1: offering it again is identical; offering
+    // 2 with other content than the batch's later copy is a conflict.
+    let batch = vec![
+        manifest(&uid(1), "1.2.3.1", 1),
+        manifest(&uid(2), "1.2.3.1", 2),
+        manifest(&uid(3), "1.2.3.2", 3),
+        manifest(&uid(2), "1.2.3.1", 20),
+    ];
+    let r = client
+        .propose(&Command::PutManifests(batch), Retry::Once)
+        .await
+        .expect("bulk");
+    match r {
+        Ok(Applied::ManifestsImported {
+            created,
+            identical,
+            conflicts,
+        }) => {
+            assert_eq!((created, identical), (2, 1));
+            assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+            assert!(
+                matches!(&conflicts[0], Rejected::Conflict { sop_instance_uid, .. } if *sop_instance_uid == uid(2))
+            );
+        }
+        other => panic!("expected an import, got {other:?}"),
+    }
+    for n in 1..=3 {
+        let m = get(&client, n)
+            .await
+            .expect("imported manifest is readable");
+        assert_eq!(crate::fixtures::content_of_hex(&hex::encode(m.blake3)), n);
+    }
+    // The object-key index answers which keys manifests reference.
+    let stored = get(&client, 3).await.expect("stored");
+    match client
+        .query(&Query::ObjectsReferenced {
+            keys: vec![stored.object_key, [0xee; 32]],
+            consistency: Consistency::Linearizable,
+        })
+        .await
+        .expect("query")
+    {
+        QueryResult::ObjectsReferenced(answers) => assert_eq!(answers, vec![true, false]),
+        other => panic!("unexpected answer {other:?}"),
+    }
+    // One invalid manifest refuses the whole batch: nothing of it lands.
+    let mut bad = manifest(&uid(5), "1.2.3.1", 5);
+    bad.sop_instance_uid = "not-a-uid".into();
+    let err = client
+        .propose(
+            &Command::PutManifests(vec![manifest(&uid(4), "1.2.3.1", 4), bad]),
+            Retry::Once,
+        )
+        .await
+        .expect_err("an invalid manifest refuses the batch");
+    assert!(
+        matches!(&err, MetaClientError::InvalidArgument(msg) if msg.contains("manifest #1")),
+        "{err:?}"
+    );
+    assert!(
+        get(&client, 4).await.is_none(),
+        "a refused batch stored nothing"
+    );
+    let err = client
+        .propose(&Command::PutManifests(Vec::new()), Retry::Once)
+        .await
+        .expect_err("an empty batch is refused");
+    assert!(
+        matches!(err, MetaClientError::InvalidArgument(_)),
+        "{err:?}"
+    );
 }
