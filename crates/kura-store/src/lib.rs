@@ -80,6 +80,7 @@
 //! then and on every later read, until repair rewrites it or deletes it.
 
 pub mod error;
+pub mod gc;
 mod index;
 pub mod node;
 mod report;

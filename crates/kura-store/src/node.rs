@@ -49,6 +49,11 @@ pub struct StoreConfig {
     /// Shard bytes buffered by all requests together; at least
     /// [`SHARD_BYTES_MAX`].
     pub buffer_bytes_max: u64,
+    /// Unreferenced shards older than this are reclaimed (see [`crate::gc`]);
+    /// must exceed the gateway's store deadline.
+    pub orphan_grace: Duration,
+    /// Time between two orphan sweeps (needs `meta_endpoints`).
+    pub gc_interval: Duration,
 }
 
 impl StoreConfig {
@@ -61,6 +66,8 @@ impl StoreConfig {
             meta_endpoints: Vec::new(),
             report_interval: REPORT_INTERVAL_DEFAULT,
             buffer_bytes_max: BUFFER_BYTES_MAX_DEFAULT,
+            orphan_grace: crate::gc::ORPHAN_GRACE_DEFAULT,
+            gc_interval: crate::gc::GC_INTERVAL_DEFAULT,
         }
     }
 }
@@ -75,6 +82,8 @@ pub struct StorageNode {
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     reporter_stop: Option<oneshot::Sender<()>>,
     reporter: Option<JoinHandle<()>>,
+    gc_stop: Option<oneshot::Sender<()>>,
+    gc: Option<JoinHandle<()>>,
 }
 
 impl StorageNode {
@@ -91,7 +100,14 @@ impl StorageNode {
             meta_endpoints,
             report_interval,
             buffer_bytes_max,
+            orphan_grace,
+            gc_interval,
         } = config;
+        if gc_interval.is_zero() {
+            return Err(StoreError::InvalidArgument(
+                "gc_interval must be more than zero".into(),
+            ));
+        }
         if buffer_bytes_max < SHARD_BYTES_MAX {
             return Err(StoreError::InvalidArgument(format!(
                 "buffer_bytes_max is {buffer_bytes_max}; it must hold the largest shard, {SHARD_BYTES_MAX} bytes"
@@ -128,6 +144,20 @@ impl StorageNode {
                 let _ = stopped.await;
             },
         ));
+        let (gc_stop, gc) = if meta_endpoints.is_empty() {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let task = crate::gc::spawn(
+                node_id,
+                Arc::clone(&store),
+                kura_proto::meta_client::MetaClient::new(meta_endpoints.clone()),
+                gc_interval,
+                orphan_grace,
+                rx,
+            );
+            (Some(tx), Some(task))
+        };
         let (reporter_stop, reporter) = if meta_endpoints.is_empty() {
             (None, None)
         } else {
@@ -151,6 +181,8 @@ impl StorageNode {
             server: Some(server),
             reporter_stop,
             reporter,
+            gc_stop,
+            gc,
         })
     }
 
@@ -177,6 +209,14 @@ impl StorageNode {
         }
         if let Some(tx) = self.reporter_stop.take() {
             let _ = tx.send(());
+        }
+        if let Some(tx) = self.gc_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.gc.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!(node = self.node_id, error = %e, "orphan reclaim ended badly");
         }
         if let Some(task) = self.reporter.take()
             && let Err(e) = task.await
