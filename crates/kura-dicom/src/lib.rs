@@ -27,6 +27,8 @@ mod uid;
 mod validate;
 mod walk;
 
+pub mod synthetic;
+
 pub use charset::{decode_person_name, decode_text};
 pub use error::DicomError;
 pub use identity::{Identity, read_identity};
