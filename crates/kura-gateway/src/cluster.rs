@@ -1,0 +1,126 @@
+//! The gateway's view of the cluster: the map and erasure profile (cached,
+//! refreshed from the metadata cluster every few seconds), one shard client
+//! per storage node (connections are reused), and the metadata client.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kura_erasure::EcParams;
+use kura_placement::{ClusterMap, NodeId, NodeInfo};
+use kura_proto::meta::{Consistency, Query, QueryResult};
+use kura_proto::meta_client::{MetaClient, MetaClientError};
+use kura_proto::shards_client::ShardsClient;
+
+use crate::error::GatewayError;
+
+/// A map and profile as fetched at one moment.
+#[derive(Debug)]
+pub struct ClusterState {
+    pub map: ClusterMap,
+    pub profile: EcParams,
+    fetched: Instant,
+}
+
+/// Shared by every request of one gateway.
+pub struct ClusterView {
+    meta: MetaClient,
+    refresh: Duration,
+    connect_timeout: Duration,
+    shard_timeout: Duration,
+    cached: tokio::sync::Mutex<Option<Arc<ClusterState>>>,
+    clients: Mutex<HashMap<NodeId, (String, ShardsClient)>>,
+}
+
+impl ClusterView {
+    pub fn new(
+        meta: MetaClient,
+        refresh: Duration,
+        connect_timeout: Duration,
+        shard_timeout: Duration,
+    ) -> Self {
+        Self {
+            meta,
+            refresh,
+            connect_timeout,
+            shard_timeout,
+            cached: tokio::sync::Mutex::new(None),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn meta(&self) -> &MetaClient {
+        &self.meta
+    }
+
+    /// The map and profile, at most `refresh` old. A stale read is enough:
+    /// placement records the holders it chose in the manifest, and reads
+    /// follow the manifest.
+    pub async fn state(&self) -> Result<Arc<ClusterState>, GatewayError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(s) = cached.as_ref()
+            && s.fetched.elapsed() < self.refresh
+        {
+            return Ok(Arc::clone(s));
+        }
+        let answer = self
+            .meta
+            .query(&Query::GetClusterMap {
+                consistency: Consistency::Stale,
+            })
+            .await
+            .map_err(meta_error)?;
+        let QueryResult::ClusterMap { map, profile } = answer else {
+            return Err(GatewayError::Internal(format!(
+                "unexpected answer to GetClusterMap: {answer:?}"
+            )));
+        };
+        let (Some(map), Some(profile)) = (map, profile) else {
+            return Err(GatewayError::Unavailable(
+                "the cluster is not initialised yet (no cluster map)".into(),
+            ));
+        };
+        let state = Arc::new(ClusterState {
+            map,
+            profile,
+            fetched: Instant::now(),
+        });
+        *cached = Some(Arc::clone(&state));
+        Ok(state)
+    }
+
+    /// Forgets the cached map, so the next request fetches it.
+    pub async fn invalidate(&self) {
+        *self.cached.lock().await = None;
+    }
+
+    /// The client of `node` (created on first use, replaced if the node's
+    /// address changed).
+    pub fn client(&self, node: &NodeInfo) -> Result<ShardsClient, GatewayError> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((addr, c)) = clients.get(&node.id)
+            && *addr == node.addr
+        {
+            return Ok(c.clone());
+        }
+        let c = ShardsClient::with_timeouts(&node.addr, self.connect_timeout, self.shard_timeout)
+            .map_err(|e| {
+            GatewayError::Internal(format!("storage node {} ({}): {e}", node.id, node.addr))
+        })?;
+        clients.insert(node.id, (node.addr.clone(), c.clone()));
+        Ok(c)
+    }
+}
+
+/// A metadata client error as the gateway reports it.
+pub fn meta_error(e: MetaClientError) -> GatewayError {
+    match e {
+        MetaClientError::Unavailable(m) => {
+            GatewayError::Unavailable(format!("metadata cluster unavailable: {m}"))
+        }
+        MetaClientError::Unknown(m) => GatewayError::Unavailable(format!(
+            "metadata cluster did not answer in time; the outcome is unknown, retry: {m}"
+        )),
+        other => GatewayError::Internal(other.to_string()),
+    }
+}

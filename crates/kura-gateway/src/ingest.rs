@@ -1,0 +1,826 @@
+//! Store: one DICOM instance in, erasure-coded across sites, manifest
+//! committed through Raft.
+//!
+//! The bytes flow through once, as they arrive:
+//!
+//! ```text
+//! chunks ─┬─> identity (first bytes only) ─> existing manifest?
+//!         ├─> validator (blocking thread, bounded channel)
+//!         └─> ObjectEncoder (hash + segments) ─> placement ─> shard puts
+//!                                                 (≤ WRITES_IN_FLIGHT segments)
+//! end ─> validator verdict, size and hash checks ─> PutManifest ─> answer
+//! ```
+//!
+//! Memory per request is bounded by the identity prefix, one segment being
+//! filled, the segments being written and the validator's channel: a few
+//! tens of MiB whatever the instance size. Any refusal before the manifest
+//! is committed deletes the shards written so far (best effort; the storage
+//! nodes' orphan reclaim catches the rest). When the commit's outcome is
+//! unknown the shards stay: the manifest may reference them.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use kura_dicom::{DicomError, Identity};
+use kura_erasure::{EcParams, EncodedSegment, ObjectEncoder, ObjectKey};
+use kura_placement::{
+    MANIFEST_FORMAT_VERSION, Manifest, Placer, Protection, SegmentManifest, ShardLocation,
+    derive_object_key, protection_of,
+};
+use kura_proto::meta::{Applied, Command, Consistency, Query, QueryResult, Rejected};
+use kura_proto::meta_client::Retry;
+use kura_proto::shards_client::ShardId;
+use kura_proto::v1::{StoreHeader, StoreRequest, StoreResponse, store_request};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cluster::{ClusterState, meta_error};
+use crate::error::{GatewayError, rfc3339_ms};
+use crate::info::instance_info;
+use crate::server::Inner;
+
+/// The identifying attributes must lie within this many first bytes.
+pub const IDENTITY_PREFIX_MAX: usize = 8 * 1024 * 1024;
+/// Segments whose shards are being written at once, per request.
+const WRITES_IN_FLIGHT: usize = 2;
+/// Chunks queued for the validator.
+const VALIDATOR_QUEUE: usize = 8;
+
+struct Request {
+    input: tonic::Streaming<StoreRequest>,
+    bytes_in: u64,
+}
+
+impl Request {
+    /// The next data chunk; `None` at the end of the stream.
+    async fn chunk(&mut self) -> Result<Option<Bytes>, GatewayError> {
+        loop {
+            let message = self.input.message().await.map_err(|s| {
+                GatewayError::invalid(
+                    "chunk",
+                    "STREAM_BROKEN",
+                    format!(
+                        "the request stream broke after {} bytes ({}: {}); nothing was stored",
+                        self.bytes_in,
+                        s.code(),
+                        s.message()
+                    ),
+                )
+            })?;
+            let Some(message) = message else {
+                return Ok(None);
+            };
+            match message.msg {
+                Some(store_request::Msg::Chunk(c)) => {
+                    if c.is_empty() {
+                        continue;
+                    }
+                    self.bytes_in += c.len() as u64;
+                    metrics::counter!("kura_gateway_received_bytes_total")
+                        .increment(c.len() as u64);
+                    return Ok(Some(c));
+                }
+                Some(store_request::Msg::Header(_)) => {
+                    return Err(GatewayError::invalid(
+                        "header",
+                        "SECOND_HEADER",
+                        "only the first message may carry a header; nothing was stored",
+                    ));
+                }
+                None => {
+                    return Err(GatewayError::invalid(
+                        "msg",
+                        "EMPTY_MESSAGE",
+                        "a message carries neither header nor chunk; nothing was stored",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A checked `StoreHeader`.
+struct Header {
+    tenant: String,
+    expected_blake3: Option<[u8; 32]>,
+    size: Option<u64>,
+}
+
+fn check_header(h: StoreHeader) -> Result<Header, GatewayError> {
+    kura_proto::meta::validate_tenant(&h.tenant)
+        .map_err(|e| GatewayError::invalid("header.tenant", "BAD_TENANT", e))?;
+    let expected_blake3 = match h.expected_blake3.as_deref() {
+        None | Some("") => None,
+        Some(hex_str) => {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(hex_str, &mut b).map_err(|_| {
+                GatewayError::invalid(
+                    "header.expected_blake3",
+                    "BAD_BLAKE3",
+                    "expected_blake3 must be 64 hex digits",
+                )
+            })?;
+            Some(b)
+        }
+    };
+    Ok(Header {
+        tenant: h.tenant,
+        expected_blake3,
+        size: h.size,
+    })
+}
+
+fn dicom_refusal(e: &DicomError) -> GatewayError {
+    GatewayError::invalid(
+        "chunk",
+        format!("DICOM_{}", e.code().to_ascii_uppercase().replace('-', "_")),
+        format!("not an acceptable DICOM instance: {e}; nothing was stored"),
+    )
+}
+
+/// Handles one Store call.
+pub(crate) async fn store(
+    gw: Arc<Inner>,
+    input: tonic::Streaming<StoreRequest>,
+) -> Result<StoreResponse, GatewayError> {
+    let mut req = Request { input, bytes_in: 0 };
+    let first = req.input.message().await.map_err(|s| {
+        GatewayError::invalid(
+            "header",
+            "STREAM_BROKEN",
+            format!(
+                "the request stream broke before its header: {}",
+                s.message()
+            ),
+        )
+    })?;
+    let header = match first.and_then(|m| m.msg) {
+        Some(store_request::Msg::Header(h)) => check_header(h)?,
+        Some(store_request::Msg::Chunk(_)) => {
+            return Err(GatewayError::invalid(
+                "header",
+                "CHUNK_BEFORE_HEADER",
+                "the first message must carry the header (tenant), not a chunk; nothing was stored",
+            ));
+        }
+        None => {
+            return Err(GatewayError::invalid(
+                "header",
+                "NO_HEADER",
+                "the stream ended without a header; nothing was stored",
+            ));
+        }
+    };
+    let deadline = tokio::time::Instant::now() + gw.config.store_deadline;
+    // The data phase is bounded so that orphan reclaim (grace period longer
+    // than this deadline) never deletes shards a live store still needs.
+    let data = tokio::time::timeout_at(deadline, receive(&gw, &mut req, &header)).await;
+    let received = match data {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(GatewayError::DeadlineExceeded(format!(
+                "the instance did not arrive within {:?} ({} bytes received); nothing was stored",
+                gw.config.store_deadline, req.bytes_in
+            )));
+        }
+    };
+    match received {
+        Received::Existing(response) => Ok(*response),
+        Received::New(written) => commit(&gw, written).await,
+    }
+}
+
+enum Received {
+    /// The instance was already stored with these bytes.
+    Existing(Box<StoreResponse>),
+    /// Shards are written; the manifest is ready to commit.
+    New(Box<Written>),
+}
+
+struct Written {
+    manifest: Manifest,
+    state: Arc<ClusterState>,
+}
+
+async fn receive(
+    gw: &Arc<Inner>,
+    req: &mut Request,
+    header: &Header,
+) -> Result<Received, GatewayError> {
+    // 1. The identifying attributes, from the first bytes.
+    let mut held: Vec<Bytes> = Vec::new();
+    let mut prefix = BytesMut::new();
+    let mut ended = false;
+    let identity: Identity = loop {
+        match req.chunk().await? {
+            Some(c) => {
+                prefix.extend_from_slice(&c);
+                held.push(c);
+            }
+            None => ended = true,
+        }
+        match kura_dicom::read_identity(&prefix, ended) {
+            Ok(id) => break id,
+            Err(DicomError::NeedMoreData { .. })
+                if !ended && prefix.len() < IDENTITY_PREFIX_MAX => {}
+            Err(DicomError::NeedMoreData { .. }) if !ended => {
+                return Err(GatewayError::invalid(
+                    "chunk",
+                    "DICOM_HEADER_TOO_LARGE",
+                    format!(
+                        "the identifying attributes are not within the first {IDENTITY_PREFIX_MAX} bytes; nothing was stored"
+                    ),
+                ));
+            }
+            Err(e) => return Err(dicom_refusal(&e)),
+        }
+    };
+    drop(prefix);
+    let uid = identity.sop_instance_uid.clone();
+    tracing::debug!(sop_instance_uid = %uid, tenant = %header.tenant, "store: identity read");
+
+    // 2. Already stored? Then only hash what arrives and compare.
+    let existing = gw
+        .cluster
+        .meta()
+        .query(&Query::GetManifest {
+            tenant: header.tenant.clone(),
+            sop_instance_uid: uid.clone(),
+            consistency: Consistency::Linearizable,
+        })
+        .await
+        .map_err(meta_error)?;
+    let QueryResult::Manifest(existing) = existing else {
+        return Err(GatewayError::Internal(
+            "unexpected answer to GetManifest".into(),
+        ));
+    };
+    if let Some(existing) = existing {
+        // Hash what arrives; validate it too, so that a broken instance is
+        // refused as such even when its UID is taken.
+        let mut hasher = blake3::Hasher::new();
+        let mut validator = Validator::start();
+        let mut invalid = None;
+        let mut feed = async |c: Bytes, hasher: &mut blake3::Hasher| {
+            hasher.update(&c);
+            if invalid.is_none()
+                && let Err(e) = validator.feed(c).await
+            {
+                invalid = Some(e);
+            }
+        };
+        for c in held {
+            feed(c, &mut hasher).await;
+        }
+        while !ended {
+            match req.chunk().await? {
+                Some(c) => feed(c, &mut hasher).await,
+                None => ended = true,
+            }
+        }
+        let offered = *hasher.finalize().as_bytes();
+        check_declared(header, req.bytes_in, &offered)?;
+        if offered != existing.blake3 {
+            if let Some(e) = invalid {
+                return Err(e);
+            }
+            validator.verdict().await?;
+        }
+        return if offered == existing.blake3 {
+            tracing::info!(sop_instance_uid = %uid, size = existing.size, "store: already stored");
+            Ok(Received::Existing(Box::new(StoreResponse {
+                info: Some(instance_info(&existing)),
+                already_stored: true,
+            })))
+        } else {
+            Err(conflict(&existing, &offered))
+        };
+    }
+
+    // 3. New: validate, encode, place and write as the bytes arrive.
+    let state = gw.cluster.state().await?;
+    let placer = Placer::new(&state.map, &state.profile).map_err(|e| {
+        if e.is_retryable() {
+            GatewayError::Unavailable(format!("cannot place shards now: {e}"))
+        } else {
+            GatewayError::Internal(format!("cluster map or profile unusable: {e}"))
+        }
+    })?;
+    let nonce: [u8; 32] = header.expected_blake3.unwrap_or_else(rand::random);
+    let object_key = derive_object_key(&header.tenant, &uid, &nonce);
+    let mut pipeline = Pipeline::start(gw, state, placer, object_key)?;
+    let outcome = async {
+        for c in held {
+            pipeline.push(c).await?;
+        }
+        while !ended {
+            match req.chunk().await? {
+                Some(c) => pipeline.push(c).await?,
+                None => ended = true,
+            }
+        }
+        pipeline.finish().await
+    }
+    .await;
+    let (segments, digest_blake3, size) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            pipeline.abandon();
+            return Err(e);
+        }
+    };
+    if let Err(e) = check_declared(header, size, &digest_blake3) {
+        pipeline.abandon();
+        return Err(e);
+    }
+    let protection = segments
+        .iter()
+        .map(|s| {
+            let holders: Vec<_> = s.shards.iter().map(|l| l.node).collect();
+            protection_of(&pipeline.state.map, &pipeline.state.profile, &holders)
+        })
+        .fold(Protection::Full, Protection::and);
+    let now = unix_ms_now();
+    let manifest = Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        tenant: header.tenant.clone(),
+        sop_instance_uid: uid,
+        sop_class_uid: identity.sop_class_uid,
+        study_instance_uid: identity.study_instance_uid,
+        series_instance_uid: identity.series_instance_uid,
+        transfer_syntax_uid: identity.transfer_syntax_uid,
+        patient_id: identity.patient_id,
+        modality: identity.modality,
+        study_date: identity.study_date,
+        size,
+        blake3: digest_blake3,
+        object_key,
+        ec: pipeline.state.profile,
+        segments,
+        protection,
+        version: 1,
+        stored_at_unix_ms: now,
+        updated_at_unix_ms: now,
+        retain_until_unix_ms: None,
+    };
+    if let Err(e) = manifest.validate() {
+        pipeline.abandon();
+        return Err(GatewayError::Internal(format!(
+            "built an invalid manifest: {e}"
+        )));
+    }
+    Ok(Received::New(Box::new(Written {
+        manifest,
+        state: Arc::clone(&pipeline.state),
+    })))
+}
+
+/// Checks the size and hash the client declared against what arrived.
+fn check_declared(header: &Header, size: u64, blake3: &[u8; 32]) -> Result<(), GatewayError> {
+    if let Some(declared) = header.size
+        && declared != size
+    {
+        return Err(GatewayError::invalid(
+            "header.size",
+            "SIZE_MISMATCH",
+            format!(
+                "the header declared {declared} bytes but {size} arrived (a cut-off upload?); nothing was stored"
+            ),
+        ));
+    }
+    if let Some(expected) = header.expected_blake3
+        && expected != *blake3
+    {
+        return Err(GatewayError::invalid(
+            "header.expected_blake3",
+            "BLAKE3_MISMATCH",
+            format!(
+                "the bytes that arrived hash to {}, not the declared {}; nothing was stored",
+                hex::encode(blake3),
+                hex::encode(expected)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn conflict(existing: &Manifest, offered: &[u8; 32]) -> GatewayError {
+    GatewayError::AlreadyExists {
+        sop_instance_uid: existing.sop_instance_uid.clone(),
+        existing_blake3: existing.blake3_hex(),
+        offered_blake3: hex::encode(offered),
+        stored_at: rfc3339_ms(existing.stored_at_unix_ms),
+    }
+}
+
+async fn commit(gw: &Arc<Inner>, written: Box<Written>) -> Result<StoreResponse, GatewayError> {
+    let Written { manifest, state } = *written;
+    let outcome = gw
+        .cluster
+        .meta()
+        .propose(&Command::PutManifest(manifest.clone()), Retry::Idempotent)
+        .await;
+    match outcome {
+        Ok(Ok(Applied::ManifestCreated { .. })) => {
+            metrics::counter!("kura_gateway_instances_stored_total").increment(1);
+            if manifest.protection == Protection::UnderProtected {
+                metrics::counter!("kura_gateway_under_protected_stores_total").increment(1);
+            }
+            tracing::info!(
+                sop_instance_uid = %manifest.sop_instance_uid,
+                size = manifest.size,
+                blake3 = %manifest.blake3_hex(),
+                protection = %manifest.protection,
+                "instance stored"
+            );
+            Ok(StoreResponse {
+                info: Some(instance_info(&manifest)),
+                already_stored: false,
+            })
+        }
+        Ok(Ok(Applied::ManifestIdentical { existing })) => {
+            // A concurrent store of the same bytes won; ours are spare.
+            if existing.object_key != manifest.object_key {
+                delete_shards(gw, &state, &manifest);
+            }
+            Ok(StoreResponse {
+                info: Some(instance_info(&existing)),
+                already_stored: true,
+            })
+        }
+        Ok(Ok(other)) => Err(GatewayError::Internal(format!(
+            "unexpected answer to PutManifest: {other:?}"
+        ))),
+        Ok(Err(Rejected::Conflict {
+            sop_instance_uid,
+            existing_blake3,
+            offered_blake3,
+            existing_stored_at_unix_ms,
+        })) => {
+            delete_shards(gw, &state, &manifest);
+            Err(GatewayError::AlreadyExists {
+                sop_instance_uid,
+                existing_blake3,
+                offered_blake3,
+                stored_at: rfc3339_ms(existing_stored_at_unix_ms),
+            })
+        }
+        Ok(Err(other)) => {
+            delete_shards(gw, &state, &manifest);
+            Err(GatewayError::Internal(format!("manifest refused: {other}")))
+        }
+        // Outcome unknown: the manifest may be committed; keep the shards.
+        Err(e) => Err(meta_error(e)),
+    }
+}
+
+/// Deletes the shards of `manifest`, in the background, best effort.
+fn delete_shards(gw: &Arc<Inner>, state: &Arc<ClusterState>, manifest: &Manifest) {
+    let targets: Vec<(u64, ShardId)> = manifest
+        .segments
+        .iter()
+        .flat_map(|s| {
+            s.shards.iter().filter_map(move |l| {
+                Some((
+                    l.node?,
+                    ShardId {
+                        object_key: manifest.object_key,
+                        segment: s.index,
+                        index: l.index,
+                    },
+                ))
+            })
+        })
+        .collect();
+    spawn_deletes(gw, state, targets);
+}
+
+fn spawn_deletes(gw: &Arc<Inner>, state: &Arc<ClusterState>, targets: Vec<(u64, ShardId)>) {
+    if targets.is_empty() {
+        return;
+    }
+    let gw = Arc::clone(gw);
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        for (node, id) in targets {
+            let Some(info) = state.map.node(node) else {
+                continue;
+            };
+            let Ok(client) = gw.cluster.client(info) else {
+                continue;
+            };
+            if let Err(e) = client.delete_shard(&id).await {
+                tracing::debug!(shard = %id, node, error = %e, "spare shard not deleted; orphan reclaim will");
+            }
+        }
+    });
+}
+
+/// The DICOM validator on a blocking thread, fed chunk by chunk.
+struct Validator {
+    tx: Option<mpsc::Sender<Bytes>>,
+    task: Option<JoinHandle<Result<kura_dicom::Summary, DicomError>>>,
+}
+
+impl Validator {
+    fn start() -> Self {
+        let (tx, rx) = mpsc::channel::<Bytes>(VALIDATOR_QUEUE);
+        let task = tokio::task::spawn_blocking(move || {
+            kura_dicom::validate(ChannelReader {
+                rx,
+                current: Bytes::new(),
+            })
+        });
+        Self {
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Hands a chunk over; refuses as soon as the validator has found a
+    /// problem (it stops reading then).
+    async fn feed(&mut self, chunk: Bytes) -> Result<(), GatewayError> {
+        if let Some(tx) = &self.tx
+            && tx.send(chunk).await.is_err()
+        {
+            self.tx = None;
+            self.verdict().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the input and answers the verdict.
+    async fn verdict(&mut self) -> Result<kura_dicom::Summary, GatewayError> {
+        self.tx = None;
+        let Some(v) = self.task.take() else {
+            return Err(GatewayError::Internal("validator consulted twice".into()));
+        };
+        match v.await {
+            Ok(Ok(summary)) => Ok(summary),
+            Ok(Err(e)) => Err(dicom_refusal(&e)),
+            Err(e) => Err(GatewayError::Internal(format!(
+                "validator task failed: {e}"
+            ))),
+        }
+    }
+}
+
+/// Validator, encoder and shard writers of one new instance.
+struct Pipeline {
+    gw: Arc<Inner>,
+    state: Arc<ClusterState>,
+    placer: Arc<Placer>,
+    object_key: ObjectKey,
+    encoder: Option<ObjectEncoder>,
+    validator: Validator,
+    writes: FuturesOrdered<JoinHandle<Result<SegmentManifest, GatewayError>>>,
+    /// To stop the writes when the store is abandoned.
+    aborts: Vec<tokio::task::AbortHandle>,
+    done: Vec<SegmentManifest>,
+    /// Shards known written, for cleanup.
+    written: Arc<std::sync::Mutex<Vec<(u64, ShardId)>>>,
+}
+
+impl Pipeline {
+    fn start(
+        gw: &Arc<Inner>,
+        state: Arc<ClusterState>,
+        placer: Placer,
+        object_key: ObjectKey,
+    ) -> Result<Self, GatewayError> {
+        let encoder = ObjectEncoder::new(state.profile, object_key)
+            .map_err(|e| GatewayError::Internal(format!("erasure profile unusable: {e}")))?;
+        Ok(Self {
+            gw: Arc::clone(gw),
+            state,
+            placer: Arc::new(placer),
+            object_key,
+            encoder: Some(encoder),
+            validator: Validator::start(),
+            writes: FuturesOrdered::new(),
+            aborts: Vec::new(),
+            done: Vec::new(),
+            written: Arc::new(std::sync::Mutex::new(Vec::new())),
+        })
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> Result<(), GatewayError> {
+        self.validator.feed(chunk.clone()).await?;
+        let mut encoder = self
+            .encoder
+            .take()
+            .ok_or_else(|| GatewayError::Internal("encoder used after an error".into()))?;
+        let (encoder, segments) = tokio::task::spawn_blocking(move || {
+            let r = encoder.push(&chunk);
+            (encoder, r)
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("encode task failed: {e}")))?;
+        self.encoder = Some(encoder);
+        let segments = segments.map_err(|e| {
+            GatewayError::invalid(
+                "chunk",
+                "INSTANCE_TOO_LARGE",
+                format!("{e}; nothing was stored"),
+            )
+        })?;
+        for s in segments {
+            self.write(s).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, segment: EncodedSegment) -> Result<(), GatewayError> {
+        while self.writes.len() >= WRITES_IN_FLIGHT {
+            self.collect_one().await?;
+        }
+        let gw = Arc::clone(&self.gw);
+        let state = Arc::clone(&self.state);
+        let placer = Arc::clone(&self.placer);
+        let written = Arc::clone(&self.written);
+        let key = self.object_key;
+        let task = tokio::spawn(async move {
+            write_segment(&gw, &state, &placer, key, segment, &written).await
+        });
+        self.aborts.push(task.abort_handle());
+        self.writes.push_back(task);
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<(), GatewayError> {
+        if let Some(r) = self.writes.next().await {
+            let seg =
+                r.map_err(|e| GatewayError::Internal(format!("write task failed: {e}")))??;
+            self.done.push(seg);
+        }
+        Ok(())
+    }
+
+    /// Encodes the tail, waits for every write and the validator; answers
+    /// the segments, the object's blake3 and its size.
+    async fn finish(&mut self) -> Result<(Vec<SegmentManifest>, [u8; 32], u64), GatewayError> {
+        let encoder = self
+            .encoder
+            .take()
+            .ok_or_else(|| GatewayError::Internal("encoder used after an error".into()))?;
+        let (tail, digest) = tokio::task::spawn_blocking(move || encoder.finish())
+            .await
+            .map_err(|e| GatewayError::Internal(format!("encode task failed: {e}")))?
+            .map_err(|e| GatewayError::Internal(format!("cannot encode the last segment: {e}")))?;
+        let summary = self.validator.verdict().await?;
+        if summary.instance_bytes != digest.len {
+            return Err(GatewayError::invalid(
+                "chunk",
+                "DICOM_TRAILING_BYTES",
+                format!(
+                    "the DICOM data ends after {} bytes but {} arrived; nothing was stored",
+                    summary.instance_bytes, digest.len
+                ),
+            ));
+        }
+        if let Some(tail) = tail {
+            self.write(tail).await?;
+        }
+        while !self.writes.is_empty() {
+            self.collect_one().await?;
+        }
+        Ok((std::mem::take(&mut self.done), digest.blake3, digest.len))
+    }
+
+    /// Gives up: stops the writers and deletes what they wrote.
+    fn abandon(&mut self) {
+        for a in self.aborts.drain(..) {
+            a.abort();
+        }
+        self.writes = FuturesOrdered::new();
+        let targets = std::mem::take(
+            &mut *self
+                .written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        spawn_deletes(&self.gw, &self.state, targets);
+    }
+}
+
+/// Places one segment and writes its shards in parallel. Succeeds when at
+/// least k + 1 shards (k when m is 0) are durable; the others are recorded
+/// as unplaced, which makes the instance under-protected.
+async fn write_segment(
+    gw: &Arc<Inner>,
+    state: &Arc<ClusterState>,
+    placer: &Placer,
+    key: ObjectKey,
+    segment: EncodedSegment,
+    written: &std::sync::Mutex<Vec<(u64, ShardId)>>,
+) -> Result<SegmentManifest, GatewayError> {
+    let placement = placer.place(&key, segment.index);
+    let ec: EcParams = state.profile;
+    let (seg_index, data_len) = (segment.index, segment.data_len);
+    // Keep only what the manifest needs; each shard's bytes live once, in
+    // the put that sends them.
+    let locations: Vec<(u8, [u8; 32], u32)> = segment
+        .shards
+        .iter()
+        .map(|s| {
+            (
+                s.header.shard_index,
+                s.header.payload_blake3,
+                s.header.payload_len,
+            )
+        })
+        .collect();
+    let puts = segment.shards.into_iter().map(|shard| {
+        let index = shard.header.shard_index;
+        let holder = placement.holder(index);
+        let bytes = Bytes::from(shard.encode_to_vec());
+        drop(shard);
+        async move {
+            let node = holder?;
+            let info = state.map.node(node)?;
+            let client = gw.cluster.client(info).ok()?;
+            match client.put_shard(bytes, false).await {
+                Ok(_) => Some(node),
+                Err(e) => {
+                    metrics::counter!("kura_gateway_shard_write_failures_total").increment(1);
+                    tracing::warn!(node, segment = seg_index, shard = index, error = %e, "shard write failed");
+                    None
+                }
+            }
+        }
+    });
+    let holders: Vec<Option<u64>> = futures::future::join_all(puts).await;
+    {
+        let mut w = written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, h) in holders.iter().enumerate() {
+            if let Some(node) = h {
+                w.push((
+                    *node,
+                    ShardId {
+                        object_key: key,
+                        segment: seg_index,
+                        index: i as u8,
+                    },
+                ));
+            }
+        }
+    }
+    let placed = holders.iter().flatten().count();
+    let k = usize::from(ec.data_shards);
+    let needed = if ec.parity_shards > 0 { k + 1 } else { k };
+    if placed < needed {
+        return Err(GatewayError::Unavailable(format!(
+            "only {placed} of {} shards of segment {} could be written (at least {needed} must be); nothing was stored",
+            ec.total_shards(),
+            seg_index
+        )));
+    }
+    metrics::counter!("kura_gateway_shards_written_total").increment(placed as u64);
+    Ok(SegmentManifest {
+        index: seg_index,
+        data_len,
+        shards: locations
+            .into_iter()
+            .zip(holders)
+            .map(|((index, blake3, len), node)| ShardLocation {
+                index,
+                node,
+                blake3,
+                len,
+            })
+            .collect(),
+    })
+}
+
+/// A blocking `Read` over the chunks the request task sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.current = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

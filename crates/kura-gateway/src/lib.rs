@@ -1,0 +1,25 @@
+//! `kura-gateway`: the public `kura.v1.Archive` gRPC service.
+//!
+//! A gateway holds no data of its own. **Store** reads the DICOM identity
+//! from the first bytes, validates, hashes and erasure-codes the instance as
+//! it streams in, writes every segment's shards to the storage nodes that
+//! placement chooses, and commits the manifest through the metadata cluster
+//! ([`ingest`]). **Retrieve** follows the manifest, reads the nearest k good
+//! shards of each segment, reconstructs from parity when it must, and
+//! verifies the object's blake3 before the last byte goes out
+//! ([`retrieve`]). **Stat** and **ListStudy** are answered from the metadata
+//! index alone. Beside the Archive service the gRPC port serves
+//! `grpc.health.v1` and server reflection (v1 and v1alpha); an optional
+//! plaintext ops port serves `/healthz`, `/readyz` and `/metrics` ([`ops`]).
+
+pub mod cluster;
+pub mod error;
+pub mod info;
+pub mod ingest;
+pub mod ops;
+pub mod retrieve;
+pub mod server;
+pub mod service;
+
+pub use error::GatewayError;
+pub use server::{Gateway, GatewayConfig};

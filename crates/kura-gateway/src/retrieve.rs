@@ -1,0 +1,376 @@
+//! Retrieve: read the manifest, fetch each segment's shards from the nearest
+//! holders, reconstruct from parity when a shard is missing, slow or
+//! corrupt, verify the object's blake3, stream the bytes out.
+//!
+//! Per segment the gateway asks the k holders of the read plan (data shards
+//! first, own site first) in parallel. A failed fetch turns to the next
+//! holder at once; a fetch still running after the hedge delay gets a
+//! second holder asked beside it. The first k good shards decode the
+//! segment. Segments are fetched up to [`READS_AHEAD`] ahead of the one
+//! being sent. The last chunk is only sent once the whole object's blake3
+//! matched the manifest: a client never receives a complete wrong object.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use kura_erasure::{ErasureError, SegmentCodec, SegmentExpectation};
+use kura_placement::{Manifest, read_plan};
+use kura_proto::shards_client::ShardId;
+use kura_proto::v1::{RetrieveResponse, retrieve_response};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::cluster::ClusterState;
+use crate::error::GatewayError;
+use crate::info::instance_info;
+use crate::server::Inner;
+
+/// Segments fetched ahead of the one being streamed.
+pub const READS_AHEAD: usize = 2;
+/// Bytes per response chunk.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+pub(crate) type Sink = mpsc::Sender<Result<RetrieveResponse, Status>>;
+
+/// Streams `manifest`'s instance into `tx`. Errors are sent as the
+/// stream's final status.
+pub(crate) async fn stream(gw: Arc<Inner>, manifest: Arc<Manifest>, tx: Sink) {
+    let uid = manifest.sop_instance_uid.clone();
+    match stream_inner(&gw, &manifest, &tx).await {
+        Ok(()) => {
+            metrics::counter!("kura_gateway_instances_retrieved_total").increment(1);
+            tracing::debug!(sop_instance_uid = %uid, size = manifest.size, "instance retrieved");
+        }
+        Err(Gone) => tracing::debug!(sop_instance_uid = %uid, "client went away during retrieve"),
+    }
+}
+
+/// The client stopped listening.
+struct Gone;
+
+async fn send(tx: &Sink, msg: Result<RetrieveResponse, Status>) -> Result<(), Gone> {
+    tx.send(msg).await.map_err(|_| Gone)
+}
+
+async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> Result<(), Gone> {
+    send(
+        tx,
+        Ok(RetrieveResponse {
+            msg: Some(retrieve_response::Msg::Info(instance_info(manifest))),
+        }),
+    )
+    .await?;
+    let state = match gw.cluster.state().await {
+        Ok(s) => s,
+        Err(e) => return send(tx, Err(e.into_status())).await,
+    };
+    let mut ahead = FuturesOrdered::new();
+    let mut next_segment = 0usize;
+    let mut hasher = blake3::Hasher::new();
+    // The last chunk waits for the hash check.
+    let mut held: Option<Bytes> = None;
+    loop {
+        while ahead.len() < READS_AHEAD && next_segment < manifest.segments.len() {
+            let gw = Arc::clone(gw);
+            let state = Arc::clone(&state);
+            let manifest = Arc::clone(manifest);
+            let index = next_segment;
+            ahead.push_back(tokio::spawn(async move {
+                read_segment(&gw, &state, &manifest, index).await
+            }));
+            next_segment += 1;
+        }
+        let Some(result) = ahead.next().await else {
+            break;
+        };
+        let data = match result {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return send(tx, Err(e.into_status())).await,
+            Err(e) => {
+                let e = GatewayError::Internal(format!("segment read task failed: {e}"));
+                return send(tx, Err(e.into_status())).await;
+            }
+        };
+        hasher.update(&data);
+        let mut offset = 0;
+        while offset < data.len() {
+            let end = (offset + CHUNK_BYTES).min(data.len());
+            if let Some(prev) = held.replace(data.slice(offset..end)) {
+                metrics::counter!("kura_gateway_sent_bytes_total").increment(prev.len() as u64);
+                send(
+                    tx,
+                    Ok(RetrieveResponse {
+                        msg: Some(retrieve_response::Msg::Chunk(prev)),
+                    }),
+                )
+                .await?;
+            }
+            offset = end;
+        }
+    }
+    if *hasher.finalize().as_bytes() != manifest.blake3 {
+        metrics::counter!("kura_gateway_object_hash_mismatches_total").increment(1);
+        tracing::error!(
+            sop_instance_uid = %manifest.sop_instance_uid,
+            blake3 = %manifest.blake3_hex(),
+            "reassembled instance does not match its blake3; not sent"
+        );
+        let e = GatewayError::DataLoss(format!(
+            "instance {} did not reassemble to its blake3 {}; the last bytes were withheld",
+            manifest.sop_instance_uid,
+            manifest.blake3_hex()
+        ));
+        return send(tx, Err(e.into_status())).await;
+    }
+    if let Some(last) = held {
+        metrics::counter!("kura_gateway_sent_bytes_total").increment(last.len() as u64);
+        send(
+            tx,
+            Ok(RetrieveResponse {
+                msg: Some(retrieve_response::Msg::Chunk(last)),
+            }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A fetch's outcome: the shard index, its holder, the bytes or why not.
+type Fetch = (u8, u64, Result<Bytes, String>);
+
+/// Reads segment `index` of `manifest`: its object bytes.
+pub(crate) async fn read_segment(
+    gw: &Arc<Inner>,
+    state: &Arc<ClusterState>,
+    manifest: &Manifest,
+    index: usize,
+) -> Result<Bytes, GatewayError> {
+    let seg = manifest
+        .segments
+        .get(index)
+        .ok_or_else(|| GatewayError::Internal(format!("segment {index} out of range")))?;
+    let k = manifest.ec.data_shards;
+    let n = manifest.ec.total_shards();
+    let plan = read_plan(&state.map, seg, k, gw.config.site.as_deref());
+    let mut candidates = plan.holders().collect::<Vec<_>>().into_iter();
+    let expectation = SegmentExpectation {
+        object_key: manifest.object_key,
+        index: seg.index,
+        data_len: seg.data_len,
+        shard_blake3: Some(seg.shards.iter().map(|s| s.blake3).collect()),
+    };
+    let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
+    let mut good = 0usize;
+    let mut failures: Vec<String> = Vec::new();
+    let mut inflight: FuturesUnordered<_> = FuturesUnordered::new();
+    let launch = |shard: u8, node: u64| {
+        let gw = Arc::clone(gw);
+        let state = Arc::clone(state);
+        let id = ShardId {
+            object_key: manifest.object_key,
+            segment: seg.index,
+            index: shard,
+        };
+        async move {
+            let out: Fetch = (shard, node, fetch(&gw, &state, node, &id).await);
+            out
+        }
+    };
+    for _ in 0..usize::from(k) {
+        if let Some((shard, node)) = candidates.next() {
+            inflight.push(launch(shard, node));
+        }
+    }
+    let hedge = gw.config.read_hedge_after;
+    let mut attempts = 0;
+    let mut verify_each = false;
+    let shard_ok = |shard: u8, bytes: &[u8]| {
+        kura_erasure::Shard::verify(bytes).is_ok_and(|h| {
+            h.shard_index == shard
+                && h.object_key == manifest.object_key
+                && h.segment_index == seg.index
+                && seg
+                    .shards
+                    .get(usize::from(shard))
+                    .is_some_and(|l| l.blake3 == h.payload_blake3)
+        })
+    };
+    loop {
+        // Gather until k good shards (or nothing more to ask).
+        while good < usize::from(k) {
+            if inflight.is_empty() {
+                match candidates.next() {
+                    Some((shard, node)) => inflight.push(launch(shard, node)),
+                    None => break,
+                }
+            }
+            tokio::select! {
+                r = inflight.next() => {
+                    let Some((shard, node, r)) = r else { continue };
+                    let r = match r {
+                        Ok(b) if verify_each && !shard_ok(shard, &b) => {
+                            report_bad(manifest, seg.index, shard);
+                            Err("failed its check at the gateway".to_string())
+                        }
+                        other => other,
+                    };
+                    match r {
+                        Ok(bytes) if got[usize::from(shard)].is_none() => {
+                            got[usize::from(shard)] = Some(Vec::from(bytes));
+                            good += 1;
+                        }
+                        Ok(_) => {}
+                        Err(why) => {
+                            failures.push(format!("shard {shard} on node {node}: {why}"));
+                            if let Some((s, nd)) = candidates.next() {
+                                inflight.push(launch(s, nd));
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(hedge) => {
+                    if let Some((s, nd)) = candidates.next() {
+                        metrics::counter!("kura_gateway_hedged_shard_reads_total").increment(1);
+                        inflight.push(launch(s, nd));
+                    }
+                }
+            }
+        }
+        if good < usize::from(k) {
+            return Err(unreadable(manifest, seg.index, k, state, &failures));
+        }
+        // Decode with what we have (moved, not copied). Shards failing the
+        // gateway's own check are excluded and the segment fetched again
+        // from the remaining holders: rare, so simple.
+        let params = manifest.ec;
+        let expect = expectation.clone();
+        let shards = std::mem::replace(&mut got, vec![None; n]);
+        good = 0;
+        let decoded = tokio::task::spawn_blocking(move || {
+            SegmentCodec::new(params).and_then(|mut c| c.decode(&expect, shards))
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("decode task failed: {e}")))?;
+        match decoded {
+            Ok(d) => {
+                if d.reconstructed {
+                    metrics::counter!("kura_gateway_reconstructed_segments_total").increment(1);
+                }
+                for &b in &d.bad_shards {
+                    report_bad(manifest, seg.index, b);
+                }
+                return Ok(Bytes::from(d.data));
+            }
+            Err(ErasureError::TooFewShards { .. }) => {}
+            Err(e) => {
+                return Err(GatewayError::Internal(format!(
+                    "segment {} of {}: {e}",
+                    seg.index, manifest.sop_instance_uid
+                )));
+            }
+        }
+        attempts += 1;
+        if attempts > 2 {
+            failures.push("shards failed their checks at the gateway".into());
+            return Err(unreadable(manifest, seg.index, k, state, &failures));
+        }
+        // Start over with every readable holder, verifying each shard alone
+        // before it counts.
+        verify_each = true;
+        candidates = plan.holders().collect::<Vec<_>>().into_iter();
+        for _ in 0..usize::from(k) {
+            if let Some((shard, node)) = candidates.next() {
+                inflight.push(launch(shard, node));
+            }
+        }
+    }
+}
+
+/// Logs and counts a shard that failed the gateway's check.
+fn report_bad(manifest: &Manifest, segment: u32, shard: u8) {
+    metrics::counter!("kura_gateway_corrupt_shards_total").increment(1);
+    tracing::warn!(
+        object_key = %manifest.object_key_hex(),
+        segment,
+        shard,
+        "shard failed the gateway's check; the segment was read around it"
+    );
+}
+
+async fn fetch(
+    gw: &Arc<Inner>,
+    state: &ClusterState,
+    node: u64,
+    id: &ShardId,
+) -> Result<Bytes, String> {
+    let info = state
+        .map
+        .node(node)
+        .ok_or_else(|| format!("node {node} is not in the cluster map"))?;
+    let client = gw.cluster.client(info).map_err(|e| e.to_string())?;
+    match client.get_shard(id, None).await {
+        Ok((_, bytes)) => {
+            metrics::counter!("kura_gateway_shard_reads_total", "outcome" => "ok").increment(1);
+            Ok(bytes)
+        }
+        Err(e) => {
+            let corrupt = e.code() == Some(tonic::Code::DataLoss);
+            let outcome = if corrupt { "corrupt" } else { "failed" };
+            metrics::counter!("kura_gateway_shard_reads_total", "outcome" => outcome).increment(1);
+            if corrupt {
+                metrics::counter!("kura_gateway_corrupt_shards_total").increment(1);
+                tracing::warn!(shard = %id, node, "storage node reports the shard corrupt; reading another");
+            } else {
+                tracing::debug!(shard = %id, node, error = %e, "shard read failed; reading another");
+            }
+            Err(if corrupt {
+                format!("corrupt: {e}")
+            } else {
+                e.to_string()
+            })
+        }
+    }
+}
+
+/// The error for a segment that could not be read: DATA_LOSS if fewer than
+/// k shards can still exist, UNAVAILABLE if their holders are only out of
+/// reach for now.
+fn unreadable(
+    manifest: &Manifest,
+    segment: u32,
+    k: u8,
+    state: &ClusterState,
+    failures: &[String],
+) -> GatewayError {
+    let seg = manifest.segments.get(segment as usize);
+    let possibly_alive = seg
+        .map(|s| {
+            s.shards
+                .iter()
+                .filter(|l| {
+                    l.node
+                        .and_then(|id| state.map.node(id))
+                        .is_some_and(|n| !n.state.shards_lost())
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    let corrupt = failures
+        .iter()
+        .filter(|f| f.contains("corrupt") || f.contains("check"))
+        .count();
+    let detail = failures.join("; ");
+    if possibly_alive.saturating_sub(corrupt) < usize::from(k) {
+        GatewayError::DataLoss(format!(
+            "segment {segment} of instance {}: fewer than {k} good shards remain ({detail})",
+            manifest.sop_instance_uid
+        ))
+    } else {
+        GatewayError::Unavailable(format!(
+            "segment {segment} of instance {}: fewer than {k} shard holders answered ({detail}); retry",
+            manifest.sop_instance_uid
+        ))
+    }
+}

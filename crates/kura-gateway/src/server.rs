@@ -1,0 +1,183 @@
+//! Starting and stopping a gateway: the Archive service with health,
+//! reflection and compression on the gRPC port, and the ops port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kura_proto::meta_client::MetaClient;
+use kura_proto::v1::archive_server::ArchiveServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+
+use crate::cluster::ClusterView;
+use crate::service::ArchiveService;
+
+/// Largest gRPC message accepted or sent: a 4 MiB chunk plus framing.
+pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
+/// How long shutdown waits for running requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What a gateway needs to start.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Metadata voters, `host:port`.
+    pub meta_endpoints: Vec<String>,
+    /// The site this gateway runs in: reads prefer its holders.
+    pub site: Option<String>,
+    /// A Store must have received all its bytes within this time. Storage
+    /// nodes reclaim unreferenced shards only after a longer grace period.
+    pub store_deadline: Duration,
+    /// A shard fetch still running after this gets another holder asked.
+    pub read_hedge_after: Duration,
+    /// Connect timeout to storage nodes.
+    pub connect_timeout: Duration,
+    /// Timeout of one shard call.
+    pub shard_call_timeout: Duration,
+    /// How long a fetched cluster map is used before it is fetched again.
+    pub map_refresh: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(meta_endpoints: Vec<String>) -> Self {
+        Self {
+            meta_endpoints,
+            site: None,
+            store_deadline: Duration::from_secs(30 * 60),
+            read_hedge_after: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            shard_call_timeout: Duration::from_secs(30),
+            map_refresh: Duration::from_secs(2),
+        }
+    }
+}
+
+/// State shared by the services of one gateway.
+pub(crate) struct Inner {
+    pub(crate) config: GatewayConfig,
+    pub(crate) cluster: ClusterView,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
+    stop: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Serves the Archive service (plus health and reflection) on
+    /// `listener`, and the ops endpoints on `ops_listener` if given.
+    pub async fn start(
+        config: GatewayConfig,
+        listener: TcpListener,
+        ops_listener: Option<TcpListener>,
+    ) -> std::io::Result<Gateway> {
+        // Install the recorder before the first metric is recorded.
+        let _ = crate::ops::metrics_handle();
+        let addr = listener.local_addr()?;
+        let ops_addr = ops_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let meta = MetaClient::new(config.meta_endpoints.clone());
+        let inner = Arc::new(Inner {
+            cluster: ClusterView::new(
+                meta,
+                config.map_refresh,
+                config.connect_timeout,
+                config.shard_call_timeout,
+            ),
+            config,
+        });
+        let archive = ArchiveServer::new(ArchiveService {
+            inner: Arc::clone(&inner),
+        })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ArchiveServer<ArchiveService>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(kura_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| std::io::Error::other(format!("reflection: {e}")))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| std::io::Error::other(format!("reflection: {e}")))?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .initial_connection_window_size(Some(16 * 1024 * 1024))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(archive);
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+        let mut tasks = vec![tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "gateway server ended with an error");
+            }
+        })];
+        let mut stop = vec![stop_tx];
+        if let Some(ops) = ops_listener {
+            let (tx, rx) = oneshot::channel::<()>();
+            let app = crate::ops::router(Arc::clone(&inner));
+            tasks.push(tokio::spawn(async move {
+                let r = axum::serve(ops, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "ops server ended with an error");
+                }
+            }));
+            stop.push(tx);
+        }
+        tracing::info!(%addr, ops = ?ops_addr, "gateway started");
+        Ok(Gateway {
+            addr,
+            ops_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The ops (HTTP) address, if served.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
+    /// Stops accepting calls; running ones get [`SHUTDOWN_GRACE`].
+    pub async fn shutdown(mut self) {
+        for tx in self.stop.drain(..) {
+            let _ = tx.send(());
+        }
+        for mut task in self.tasks.drain(..) {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("gateway requests still running after the grace period: cut off");
+                task.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The `kura.v1.Archive` service: request checks, metrics and the status
+//! mapping around [`crate::ingest`] and [`crate::retrieve`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use kura_placement::Manifest;
+use kura_proto::meta::{Consistency, LIST_PAGE_MAX, Query, QueryResult};
+use kura_proto::v1::archive_server::Archive;
+use kura_proto::v1::{
+    InstanceInfo, ListStudyRequest, RetrieveRequest, RetrieveResponse, StatRequest, StoreRequest,
+    StoreResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::meta_error;
+use crate::error::GatewayError;
+use crate::info::instance_info;
+use crate::server::Inner;
+
+/// The Archive service of one gateway.
+#[derive(Clone)]
+pub struct ArchiveService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Records a finished call's count and duration.
+fn observe<T>(rpc: &'static str, started: Instant, r: &Result<T, GatewayError>) {
+    let code = match r {
+        Ok(_) => "OK".to_string(),
+        Err(e) => format!("{:?}", e.code()),
+    };
+    metrics::counter!("kura_gateway_requests_total", "rpc" => rpc, "code" => code).increment(1);
+    metrics::histogram!("kura_gateway_request_duration_seconds", "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
+    if let Err(e) = r {
+        match e {
+            GatewayError::Internal(_) | GatewayError::DataLoss(_) => {
+                tracing::error!(rpc, error = %e, "request failed")
+            }
+            GatewayError::Unavailable(_) | GatewayError::DeadlineExceeded(_) => {
+                tracing::warn!(rpc, error = %e, "request failed")
+            }
+            _ => tracing::debug!(rpc, error = %e, "request refused"),
+        }
+    }
+}
+
+fn check_uid(field: &'static str, uid: &str) -> Result<(), GatewayError> {
+    kura_dicom::validate_uid(uid).map_err(|p| {
+        GatewayError::invalid(
+            field,
+            "BAD_UID",
+            format!("{field} is not a valid DICOM UID: {p}"),
+        )
+    })
+}
+
+fn check_tenant(tenant: &str) -> Result<(), GatewayError> {
+    kura_proto::meta::validate_tenant(tenant)
+        .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))
+}
+
+impl ArchiveService {
+    async fn manifest(&self, tenant: &str, uid: &str) -> Result<Manifest, GatewayError> {
+        check_tenant(tenant)?;
+        check_uid("sop_instance_uid", uid)?;
+        let answer = self
+            .inner
+            .cluster
+            .meta()
+            .query(&Query::GetManifest {
+                tenant: tenant.to_string(),
+                sop_instance_uid: uid.to_string(),
+                consistency: Consistency::Linearizable,
+            })
+            .await
+            .map_err(meta_error)?;
+        match answer {
+            QueryResult::Manifest(Some(m)) => Ok(*m),
+            QueryResult::Manifest(None) => Err(GatewayError::NotFound {
+                resource_type: "instance",
+                resource_name: uid.to_string(),
+                message: format!("no instance {uid} in tenant {tenant}"),
+            }),
+            other => Err(GatewayError::Internal(format!(
+                "unexpected answer to GetManifest: {other:?}"
+            ))),
+        }
+    }
+
+    /// The first page of a study (NOT_FOUND when it has no instance).
+    async fn study_page(
+        &self,
+        req: &ListStudyRequest,
+        after: Option<(String, String)>,
+    ) -> Result<(Vec<Manifest>, Option<(String, String)>), GatewayError> {
+        let answer = self
+            .inner
+            .cluster
+            .meta()
+            .query(&Query::ListStudy {
+                tenant: req.tenant.clone(),
+                study_instance_uid: req.study_instance_uid.clone(),
+                series_instance_uid: req.series_instance_uid.clone(),
+                after,
+                limit: LIST_PAGE_MAX,
+                consistency: Consistency::Linearizable,
+            })
+            .await
+            .map_err(meta_error)?;
+        match answer {
+            QueryResult::StudyPage { manifests, next } => Ok((manifests, next)),
+            other => Err(GatewayError::Internal(format!(
+                "unexpected answer to ListStudy: {other:?}"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Archive for ArchiveService {
+    async fn store(
+        &self,
+        request: Request<Streaming<StoreRequest>>,
+    ) -> Result<Response<StoreResponse>, Status> {
+        let started = Instant::now();
+        let r = crate::ingest::store(Arc::clone(&self.inner), request.into_inner()).await;
+        observe("Store", started, &r);
+        r.map(Response::new).map_err(GatewayError::into_status)
+    }
+
+    type RetrieveStream = BoxStream<RetrieveResponse>;
+
+    async fn retrieve(
+        &self,
+        request: Request<RetrieveRequest>,
+    ) -> Result<Response<Self::RetrieveStream>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let r = self.manifest(&req.tenant, &req.sop_instance_uid).await;
+        observe("Retrieve", started, &r);
+        let manifest = Arc::new(r.map_err(GatewayError::into_status)?);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(crate::retrieve::stream(
+            Arc::clone(&self.inner),
+            manifest,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<InstanceInfo>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let r = self
+            .manifest(&req.tenant, &req.sop_instance_uid)
+            .await
+            .map(|m| instance_info(&m));
+        observe("Stat", started, &r);
+        r.map(Response::new).map_err(GatewayError::into_status)
+    }
+
+    type ListStudyStream = BoxStream<InstanceInfo>;
+
+    async fn list_study(
+        &self,
+        request: Request<ListStudyRequest>,
+    ) -> Result<Response<Self::ListStudyStream>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let first = async {
+            check_tenant(&req.tenant)?;
+            check_uid("study_instance_uid", &req.study_instance_uid)?;
+            if let Some(series) = &req.series_instance_uid {
+                check_uid("series_instance_uid", series)?;
+            }
+            let (page, next) = self.study_page(&req, None).await?;
+            if page.is_empty() {
+                return Err(GatewayError::NotFound {
+                    resource_type: "study",
+                    resource_name: req.study_instance_uid.clone(),
+                    message: format!(
+                        "no instance of study {}{} in tenant {}",
+                        req.study_instance_uid,
+                        req.series_instance_uid
+                            .as_deref()
+                            .map(|s| format!(" series {s}"))
+                            .unwrap_or_default(),
+                        req.tenant
+                    ),
+                });
+            }
+            Ok((page, next))
+        }
+        .await;
+        observe("ListStudy", started, &first);
+        let (page, mut next) = first.map_err(GatewayError::into_status)?;
+        let (tx, rx) = mpsc::channel(64);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            for m in page {
+                if tx.send(Ok(instance_info(&m))).await.is_err() {
+                    return;
+                }
+            }
+            while let Some(after) = next.take() {
+                match svc.study_page(&req, Some(after)).await {
+                    Ok((page, more)) => {
+                        for m in page {
+                            if tx.send(Ok(instance_info(&m))).await.is_err() {
+                                return;
+                            }
+                        }
+                        next = more;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into_status())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
