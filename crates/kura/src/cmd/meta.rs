@@ -73,9 +73,17 @@ pub fn run(command: MetaCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logs() {
+    init_logs_with("info,openraft=warn");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `default`.
+pub fn init_logs_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn run_node(args: RunArgs) -> anyhow::Result<ExitCode> {

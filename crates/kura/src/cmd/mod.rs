@@ -2,5 +2,7 @@
 //! its clap types and a `run` function that returns the exit code; `main`
 //! only dispatches.
 
+pub mod client;
+pub mod dev;
 pub mod dicom;
 pub mod meta;

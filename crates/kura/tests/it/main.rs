@@ -1,3 +1,5 @@
 //! Integration tests of the `kura` binary, run as a process.
 
+mod client;
+mod dev;
 mod dicom_inspect;

@@ -1,0 +1,539 @@
+//! `kura-dev`: a whole Kura cluster in one process, on loopback.
+//!
+//! [`DevCluster`] starts, in this order: the metadata voters (one per site),
+//! bootstraps them once, the storage nodes (`nodes_per_site` per site),
+//! records the cluster map and erasure profile once, then the gateway. It is
+//! what `kura dev` runs and what the end-to-end tests start.
+//!
+//! Everything lives under one data directory:
+//!
+//! ```text
+//! DATA/dev.json          the layout: sites, ids and the ports chosen at first start
+//! DATA/meta-<id>/        a metadata voter's RocksDB and snapshots
+//! DATA/store-<id>/       a storage node's shard files and index
+//! ```
+//!
+//! The first start picks free ports; a restart with the same directory binds
+//! the same ones again (the cluster map and the Raft membership name them),
+//! so the cluster comes back as it was.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kura_erasure::EcParams;
+use kura_gateway::{Gateway, GatewayConfig};
+use kura_meta::service::ServiceTimeouts;
+use kura_meta::{MetaConfig, MetaNode, RaftTimings};
+use kura_placement::{ClusterMap, NodeInfo, NodeState, Site};
+use kura_proto::meta::{
+    AdminRequest, AdminResponse, Applied, Command, Consistency, Query, QueryResult, Rejected, Voter,
+};
+use kura_proto::meta_client::{MetaClient, MetaClientError, Retry};
+use kura_store::{StorageNode, StoreConfig};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+/// Default gateway port of `kura dev`.
+pub const DEV_PORT_DEFAULT: u16 = 7600;
+
+/// How a dev cluster is shaped and where it listens.
+#[derive(Clone, Debug)]
+pub struct DevConfig {
+    pub data_dir: PathBuf,
+    /// Loopback address everything binds to.
+    pub host: IpAddr,
+    /// Gateway port; 0 picks a free one.
+    pub port: u16,
+    /// Ops (HTTP) port of the gateway; `None`: no ops port; `Some(0)`: any.
+    pub ops_port: Option<u16>,
+    pub sites: usize,
+    pub nodes_per_site: usize,
+    /// Erasure profile of a new cluster.
+    pub profile: EcParams,
+    /// Each storage node's capacity; `None`: from its disk.
+    pub node_capacity_bytes: Option<u64>,
+    /// Storage nodes reclaim unreferenced shards older than this.
+    pub orphan_grace: Duration,
+    /// Time between two orphan sweeps.
+    pub gc_interval: Duration,
+    /// Raft timings of the voters.
+    pub timings: RaftTimings,
+}
+
+impl DevConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: DEV_PORT_DEFAULT,
+            ops_port: None,
+            sites: 3,
+            nodes_per_site: 3,
+            profile: EcParams::default(),
+            node_capacity_bytes: None,
+            orphan_grace: kura_store::gc::ORPHAN_GRACE_DEFAULT,
+            gc_interval: kura_store::gc::GC_INTERVAL_DEFAULT,
+            timings: RaftTimings::default(),
+        }
+    }
+}
+
+/// Why a dev cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot bind {addr}: {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("{what}: {detail}")]
+    Start { what: String, detail: String },
+    #[error("data directory {path}: {detail}")]
+    DataDir { path: PathBuf, detail: String },
+}
+
+fn start_err(what: impl Into<String>, detail: impl ToString) -> DevError {
+    DevError::Start {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The layout saved in `dev.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Layout {
+    pub sites: Vec<String>,
+    /// (Raft id, site, port) of each voter.
+    pub voters: Vec<LayoutNode>,
+    /// (node id, site, port) of each storage node.
+    pub storage: Vec<LayoutNode>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayoutNode {
+    pub id: u64,
+    pub site: String,
+    pub port: u16,
+}
+
+const LAYOUT_FILE: &str = "dev.json";
+
+/// A running dev cluster.
+pub struct DevCluster {
+    config: DevConfig,
+    layout: Layout,
+    voters: Vec<Option<MetaNode>>,
+    storage: Vec<Option<StorageNode>>,
+    gateway: Option<Gateway>,
+    meta_endpoints: Vec<String>,
+}
+
+async fn bind(host: IpAddr, port: u16, restart: bool) -> Result<TcpListener, DevError> {
+    let addr = SocketAddr::new(host, port);
+    TcpListener::bind(addr).await.map_err(|source| DevError::Bind {
+        addr,
+        source,
+        hint: if restart {
+            " (a restart binds the ports of the first start, recorded in dev.json: is another kura dev running on this data directory, or another program on that port?)"
+        } else {
+            ""
+        },
+    })
+}
+
+impl DevCluster {
+    /// Starts the cluster in `config.data_dir`, creating it on first use.
+    pub async fn start(config: DevConfig) -> Result<DevCluster, DevError> {
+        if config.sites == 0 || config.nodes_per_site == 0 {
+            return Err(DevError::Config(
+                "a dev cluster needs at least one site and one node per site".into(),
+            ));
+        }
+        let data_err = |detail: String| DevError::DataDir {
+            path: config.data_dir.clone(),
+            detail,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| data_err(e.to_string()))?;
+        let layout_path = config.data_dir.join(LAYOUT_FILE);
+        let saved: Option<Layout> = match std::fs::read(&layout_path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                data_err(format!("{LAYOUT_FILE} is not a dev cluster layout: {e}"))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(data_err(format!("cannot read {LAYOUT_FILE}: {e}"))),
+        };
+        let restart = saved.is_some();
+        let host = config.host;
+
+        // Listeners first: a fresh cluster learns its ports from them.
+        let site_names: Vec<String> = match &saved {
+            Some(l) => l.sites.clone(),
+            None => (0..config.sites)
+                .map(|i| format!("site-{}", (b'a' + (i % 26) as u8) as char))
+                .collect(),
+        };
+        let mut voter_listeners = Vec::new();
+        let mut storage_listeners = Vec::new();
+        let layout = match saved {
+            Some(l) => {
+                for v in &l.voters {
+                    voter_listeners.push(bind(host, v.port, true).await?);
+                }
+                for s in &l.storage {
+                    storage_listeners.push(bind(host, s.port, true).await?);
+                }
+                l
+            }
+            None => {
+                let mut voters = Vec::new();
+                let mut storage = Vec::new();
+                for (i, site) in site_names.iter().enumerate() {
+                    let l = bind(host, 0, false).await?;
+                    let port = l.local_addr().map_err(|e| start_err("listener", e))?.port();
+                    voters.push(LayoutNode {
+                        id: i as u64 + 1,
+                        site: site.clone(),
+                        port,
+                    });
+                    voter_listeners.push(l);
+                }
+                for (i, site) in site_names.iter().enumerate() {
+                    for j in 0..config.nodes_per_site {
+                        let l = bind(host, 0, false).await?;
+                        let port = l.local_addr().map_err(|e| start_err("listener", e))?.port();
+                        storage.push(LayoutNode {
+                            id: (i * config.nodes_per_site + j) as u64 + 1,
+                            site: site.clone(),
+                            port,
+                        });
+                        storage_listeners.push(l);
+                    }
+                }
+                let layout = Layout {
+                    sites: site_names.clone(),
+                    voters,
+                    storage,
+                };
+                let json = serde_json::to_vec_pretty(&layout)
+                    .map_err(|e| data_err(format!("cannot encode the layout: {e}")))?;
+                let tmp = config.data_dir.join(format!("{LAYOUT_FILE}.tmp"));
+                std::fs::write(&tmp, json)
+                    .and_then(|()| std::fs::rename(&tmp, &layout_path))
+                    .map_err(|e| data_err(format!("cannot write {LAYOUT_FILE}: {e}")))?;
+                layout
+            }
+        };
+        let gateway_listener = bind(host, config.port, false).await?;
+        let ops_listener = match config.ops_port {
+            Some(p) => Some(bind(host, p, false).await?),
+            None => None,
+        };
+
+        // Metadata voters.
+        let meta_endpoints: Vec<String> = layout
+            .voters
+            .iter()
+            .map(|v| SocketAddr::new(host, v.port).to_string())
+            .collect();
+        let mut voters = Vec::new();
+        for (v, listener) in layout.voters.iter().zip(voter_listeners) {
+            let node = MetaNode::start(
+                MetaConfig {
+                    id: v.id,
+                    data_dir: config.data_dir.join(format!("meta-{}", v.id)),
+                    advertise_addr: SocketAddr::new(host, v.port).to_string(),
+                    timings: config.timings,
+                    timeouts: ServiceTimeouts::default(),
+                },
+                listener,
+            )
+            .await
+            .map_err(|e| start_err(format!("metadata voter {}", v.id), e))?;
+            voters.push(Some(node));
+        }
+        let meta = MetaClient::new(meta_endpoints.clone());
+        if !restart {
+            bootstrap(&meta, &layout, host).await?;
+        }
+
+        // Storage nodes.
+        let mut storage = Vec::new();
+        for (s, listener) in layout.storage.iter().zip(storage_listeners) {
+            let mut sc = StoreConfig::new(s.id, config.data_dir.join(format!("store-{}", s.id)));
+            sc.capacity_bytes = config.node_capacity_bytes;
+            sc.meta_endpoints = meta_endpoints.clone();
+            sc.orphan_grace = config.orphan_grace;
+            sc.gc_interval = config.gc_interval;
+            let node = StorageNode::start(sc, listener)
+                .await
+                .map_err(|e| start_err(format!("storage node {}", s.id), e))?;
+            storage.push(Some(node));
+        }
+        init_map(&meta, &layout, &storage, &config, host).await?;
+
+        // The gateway.
+        let mut gc = GatewayConfig::new(meta_endpoints.clone());
+        // Orphan reclaim must never race a live store.
+        gc.store_deadline = gc.store_deadline.min(config.orphan_grace / 2);
+        let gateway = Gateway::start(gc, gateway_listener, ops_listener)
+            .await
+            .map_err(|e| start_err("gateway", e))?;
+        Ok(DevCluster {
+            config,
+            layout,
+            voters,
+            storage,
+            gateway: Some(gateway),
+            meta_endpoints,
+        })
+    }
+
+    /// The gateway's gRPC address.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(Gateway::addr)
+    }
+
+    /// The gateway's ops (HTTP) address.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().and_then(Gateway::ops_addr)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn config(&self) -> &DevConfig {
+        &self.config
+    }
+
+    pub fn meta_endpoints(&self) -> &[String] {
+        &self.meta_endpoints
+    }
+
+    /// The running storage node `id`, if it runs.
+    pub fn storage_node(&self, id: u64) -> Option<&StorageNode> {
+        self.storage_index(id)
+            .and_then(|i| self.storage.get(i))
+            .and_then(Option::as_ref)
+    }
+
+    fn storage_index(&self, id: u64) -> Option<usize> {
+        self.layout.storage.iter().position(|s| s.id == id)
+    }
+
+    /// The data directory of storage node `id`.
+    pub fn storage_dir(&self, id: u64) -> PathBuf {
+        self.config.data_dir.join(format!("store-{id}"))
+    }
+
+    /// Stops storage node `id` for real: its server and tasks end and its
+    /// store closes. The cluster map is not told (as when a node dies).
+    pub async fn stop_storage_node(&mut self, id: u64) -> Result<(), DevError> {
+        let i = self
+            .storage_index(id)
+            .ok_or_else(|| DevError::Config(format!("no storage node {id}")))?;
+        if let Some(node) = self.storage[i].take() {
+            node.shutdown()
+                .await
+                .map_err(|e| start_err(format!("stopping storage node {id}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts storage node `id` again on its port and directory.
+    pub async fn start_storage_node(&mut self, id: u64) -> Result<(), DevError> {
+        let i = self
+            .storage_index(id)
+            .ok_or_else(|| DevError::Config(format!("no storage node {id}")))?;
+        if self.storage[i].is_some() {
+            return Ok(());
+        }
+        let port = self.layout.storage[i].port;
+        let listener = bind(self.config.host, port, true).await?;
+        let mut sc = StoreConfig::new(id, self.storage_dir(id));
+        sc.capacity_bytes = self.config.node_capacity_bytes;
+        sc.meta_endpoints = self.meta_endpoints.clone();
+        sc.orphan_grace = self.config.orphan_grace;
+        sc.gc_interval = self.config.gc_interval;
+        let node = StorageNode::start(sc, listener)
+            .await
+            .map_err(|e| start_err(format!("storage node {id}"), e))?;
+        self.storage[i] = Some(node);
+        Ok(())
+    }
+
+    /// A human summary of what runs where.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let host = self.config.host;
+        for site in &self.layout.sites {
+            let voters: Vec<String> = self
+                .layout
+                .voters
+                .iter()
+                .filter(|v| &v.site == site)
+                .map(|v| format!("meta {} at {}", v.id, SocketAddr::new(host, v.port)))
+                .collect();
+            let nodes: Vec<String> = self
+                .layout
+                .storage
+                .iter()
+                .filter(|s| &s.site == site)
+                .map(|s| format!("store {} at {}", s.id, SocketAddr::new(host, s.port)))
+                .collect();
+            out.push_str(&format!(
+                "  {site}: {}; {}\n",
+                voters.join(", "),
+                nodes.join(", ")
+            ));
+        }
+        out
+    }
+
+    /// Stops everything: gateway, storage nodes, voters.
+    pub async fn shutdown(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+        for (i, node) in self.storage.iter_mut().enumerate() {
+            if let Some(n) = node.take()
+                && let Err(e) = n.shutdown().await
+            {
+                tracing::warn!(node = i + 1, error = %e, "storage node did not stop cleanly");
+            }
+        }
+        for v in self.voters.iter_mut() {
+            if let Some(n) = v.take() {
+                let id = n.id();
+                if let Err(e) = n.shutdown().await {
+                    tracing::warn!(voter = id, error = %e, "metadata voter did not stop cleanly");
+                }
+            }
+        }
+    }
+}
+
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+
+async fn bootstrap(meta: &MetaClient, layout: &Layout, host: IpAddr) -> Result<(), DevError> {
+    let voters: Vec<Voter> = layout
+        .voters
+        .iter()
+        .map(|v| Voter {
+            id: v.id,
+            addr: SocketAddr::new(host, v.port).to_string(),
+        })
+        .collect();
+    let first = voters
+        .first()
+        .map(|v| v.addr.clone())
+        .ok_or_else(|| DevError::Config("no voters".into()))?;
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        match meta
+            .admin_at(
+                &first,
+                &AdminRequest::Bootstrap {
+                    voters: voters.clone(),
+                },
+            )
+            .await
+        {
+            Ok(_) | Err(MetaClientError::FailedPrecondition(_)) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "bootstrap not yet possible");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(start_err("bootstrapping the metadata cluster", e)),
+        }
+    }
+    loop {
+        if let Ok(AdminResponse::Status(s)) = meta.admin_at(&first, &AdminRequest::Status).await
+            && s.current_leader.is_some()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(start_err(
+                "metadata cluster",
+                format!("no leader elected within {STARTUP_DEADLINE:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Records the cluster map and profile if the cluster has none yet (also
+/// after a first start that stopped half-way).
+async fn init_map(
+    meta: &MetaClient,
+    layout: &Layout,
+    storage: &[Option<StorageNode>],
+    config: &DevConfig,
+    host: IpAddr,
+) -> Result<(), DevError> {
+    let current = meta
+        .query(&Query::GetClusterMap {
+            consistency: Consistency::Linearizable,
+        })
+        .await
+        .map_err(|e| start_err("reading the cluster map", e))?;
+    if let QueryResult::ClusterMap { map: Some(_), .. } = current {
+        return Ok(());
+    }
+    let mut map = ClusterMap::new();
+    map.sites = layout
+        .sites
+        .iter()
+        .map(|name| Site { name: name.clone() })
+        .collect();
+    for (s, node) in layout.storage.iter().zip(storage) {
+        let status = match node.as_ref().and_then(StorageNode::store) {
+            Some(store) => store
+                .status(s.id)
+                .map_err(|e| start_err(format!("storage node {} status", s.id), e))?,
+            None => return Err(start_err(format!("storage node {}", s.id), "not running")),
+        };
+        map.nodes.insert(
+            s.id,
+            NodeInfo {
+                id: s.id,
+                name: format!("store-{}", s.id),
+                site: s.site.clone(),
+                addr: SocketAddr::new(host, s.port).to_string(),
+                state: NodeState::Up,
+                capacity_bytes: status.capacity_bytes,
+                used_bytes: status.used_bytes,
+            },
+        );
+    }
+    kura_placement::check_layout(&map, &config.profile).map_err(|e| {
+        DevError::Config(format!(
+            "this dev cluster cannot hold {}: {e}",
+            config.profile
+        ))
+    })?;
+    match meta
+        .propose(
+            &Command::InitCluster {
+                map,
+                profile: config.profile,
+            },
+            Retry::Idempotent,
+        )
+        .await
+    {
+        Ok(Ok(Applied::MapChanged { .. })) | Ok(Err(Rejected::Invalid(_))) => Ok(()),
+        Ok(other) => Err(start_err("recording the cluster map", format!("{other:?}"))),
+        Err(e) => Err(start_err("recording the cluster map", e)),
+    }
+}
+
+/// The directory is a dev cluster's (it has a layout file).
+pub fn is_dev_data_dir(dir: &Path) -> bool {
+    dir.join(LAYOUT_FILE).is_file()
+}

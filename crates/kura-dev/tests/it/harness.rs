@@ -1,0 +1,178 @@
+//! A dev cluster in a temp dir, a client of its gateway, and synthetic
+//! DICOM instances.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kura_dev::{DevCluster, DevConfig};
+use kura_proto::v1::archive_client::ArchiveClient;
+use kura_proto::v1::{
+    RetrieveRequest, StatRequest, StoreHeader, StoreRequest, StoreResponse, retrieve_response,
+    store_request,
+};
+use tonic::transport::Channel;
+
+pub const TENANT: &str = "e2e";
+
+pub struct Cluster {
+    pub dev: DevCluster,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config(dir: &tempfile::TempDir) -> DevConfig {
+    let mut c = DevConfig::new(dir.path().join("data"));
+    c.port = 0;
+    c.ops_port = Some(0);
+    c
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_with(dir, |_| {}).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, tweak: impl FnOnce(&mut DevConfig)) -> Cluster {
+        let mut c = config(&dir);
+        tweak(&mut c);
+        let dev = DevCluster::start(c).await.expect("dev cluster starts");
+        Cluster { dev, dir }
+    }
+
+    pub async fn client(&self) -> ArchiveClient<Channel> {
+        let addr = self.dev.gateway_addr().expect("gateway runs");
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the gateway");
+        ArchiveClient::new(channel)
+            .max_decoding_message_size(8 * 1024 * 1024)
+            .max_encoding_message_size(8 * 1024 * 1024)
+    }
+
+    /// Every shard (encoded length) held by running storage nodes.
+    pub fn shard_count(&self) -> u64 {
+        self.dev
+            .layout()
+            .storage
+            .iter()
+            .filter_map(|s| self.dev.storage_node(s.id))
+            .filter_map(|n| n.store())
+            .map(|s| s.status(0).expect("status").shard_count)
+            .sum()
+    }
+}
+
+/// The messages of a Store call: header, then `bytes` in `chunk`-byte pieces.
+pub fn store_messages(tenant: &str, bytes: &[u8], chunk: usize) -> Vec<StoreRequest> {
+    let mut out = vec![StoreRequest {
+        msg: Some(store_request::Msg::Header(StoreHeader {
+            tenant: tenant.into(),
+            expected_blake3: None,
+            size: Some(bytes.len() as u64),
+        })),
+    }];
+    for c in bytes.chunks(chunk.max(1)) {
+        out.push(StoreRequest {
+            msg: Some(store_request::Msg::Chunk(Bytes::copy_from_slice(c))),
+        });
+    }
+    out
+}
+
+pub async fn store(
+    client: &mut ArchiveClient<Channel>,
+    tenant: &str,
+    bytes: &[u8],
+) -> Result<StoreResponse, tonic::Status> {
+    client
+        .store(tokio_stream::iter(store_messages(
+            tenant,
+            bytes,
+            256 * 1024,
+        )))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn retrieve(
+    client: &mut ArchiveClient<Channel>,
+    tenant: &str,
+    uid: &str,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = client
+        .retrieve(RetrieveRequest {
+            tenant: tenant.into(),
+            sop_instance_uid: uid.into(),
+        })
+        .await?
+        .into_inner();
+    let first = stream.message().await?.expect("a first message");
+    let Some(retrieve_response::Msg::Info(info)) = first.msg else {
+        panic!("the first message must carry the info");
+    };
+    let mut out = Vec::with_capacity(info.size as usize);
+    while let Some(m) = stream.message().await? {
+        match m.msg {
+            Some(retrieve_response::Msg::Chunk(c)) => out.extend_from_slice(&c),
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+    assert_eq!(
+        out.len() as u64,
+        info.size,
+        "retrieved size matches the info"
+    );
+    Ok(out)
+}
+
+pub async fn stat(
+    client: &mut ArchiveClient<Channel>,
+    tenant: &str,
+    uid: &str,
+) -> Result<kura_proto::v1::InstanceInfo, tonic::Status> {
+    client
+        .stat(StatRequest {
+            tenant: tenant.into(),
+            sop_instance_uid: uid.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Polls `check` until it holds or `deadline` passes.
+pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + deadline;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+}
+
+/// (file name, accept?, SOP Instance UID) of every corpus file.
+pub fn corpus() -> Vec<(String, bool, String)> {
+    let manifest =
+        std::fs::read_to_string(corpus_dir().join("MANIFEST.tsv")).expect("corpus MANIFEST.tsv");
+    manifest
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (
+                cols[0].to_string(),
+                cols[1] == "accept",
+                cols.get(2).copied().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests against a whole dev cluster in this process: real
+//! metadata voters, storage nodes and gateway on loopback, real RocksDB in
+//! temp dirs.
+
+mod archive;
+mod degraded;
+mod harness;
+mod ops;

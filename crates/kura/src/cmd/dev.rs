@@ -1,0 +1,86 @@
+//! `kura dev`: a whole cluster in this process, on loopback — 3 sites, a
+//! metadata voter and 3 storage nodes per site, and a gateway — until
+//! Ctrl-C. Data survives in `--data`; a restart with the same directory
+//! brings the same cluster back.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use kura_dev::{DEV_PORT_DEFAULT, DevCluster, DevConfig};
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Data directory of the whole cluster (created if missing).
+    #[arg(long, default_value = "./kura-data", env = "KURA_DATA")]
+    data: PathBuf,
+    /// Gateway port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = DEV_PORT_DEFAULT)]
+    port: u16,
+    /// Ops port (HTTP: /healthz, /readyz, /metrics) on 127.0.0.1; 0: any
+    /// free port.
+    #[arg(long, default_value_t = DEV_PORT_DEFAULT + 1)]
+    ops_port: u16,
+    /// Print what started as JSON (one line) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    crate::cmd::meta::init_logs_with(
+        "warn,openraft=error,kura=info,kura_dev=info,kura_gateway=info",
+    );
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(async move {
+        let mut config = DevConfig::new(&args.data);
+        config.port = args.port;
+        config.ops_port = Some(args.ops_port);
+        let restarted = kura_dev::is_dev_data_dir(&args.data);
+        let cluster = DevCluster::start(config)
+            .await
+            .with_context(|| format!("start the dev cluster in {}", args.data.display()))?;
+        let gateway = cluster
+            .gateway_addr()
+            .context("the gateway did not start")?;
+        let ops = cluster.ops_addr();
+        if args.json {
+            let line = serde_json::json!({
+                "gateway": gateway.to_string(),
+                "ops": ops.map(|a| a.to_string()),
+                "data": args.data.display().to_string(),
+                "restarted": restarted,
+                "meta": cluster.meta_endpoints(),
+                "layout": cluster.layout(),
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "kura dev: {} cluster in {}",
+                if restarted {
+                    "restarted the"
+                } else {
+                    "started a new"
+                },
+                args.data.display()
+            );
+            print!("{}", cluster.describe());
+            println!(
+                "  profile {} (survives the loss of one site plus one more node)",
+                cluster.config().profile
+            );
+            if let Some(ops) = ops {
+                println!("  ops:     http://{ops}/metrics, /healthz, /readyz");
+            }
+            println!(
+                "  gateway: {gateway}  (try: kura store ../shared/corpus --endpoint {gateway})"
+            );
+            println!("Ctrl-C stops the cluster.");
+        }
+        crate::cmd::meta::shutdown_signal().await;
+        eprintln!("kura dev: stopping");
+        cluster.shutdown().await;
+        eprintln!("kura dev: stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}

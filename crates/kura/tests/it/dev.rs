@@ -1,0 +1,271 @@
+//! `kura dev` as a user runs it: a child process, driven by the client
+//! commands and by an external Python gRPC client; its peak memory while a
+//! 200 MB instance goes in and out; Ctrl-C and restart.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use kura_dicom::synthetic::{Synthetic, head, pixels, uid};
+
+struct Dev {
+    child: Child,
+    gateway: String,
+    /// The child's stderr (its logs), shown if the test fails.
+    log: PathBuf,
+}
+
+impl Dev {
+    fn start(data: &Path) -> Dev {
+        let log = data.with_extension(format!("{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
+            .args(["dev", "--port", "0", "--ops-port", "0", "--json", "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("start kura dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the startup line");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("kura dev printed {line:?}: {e}"));
+        let gateway = v["gateway"].as_str().expect("gateway address").to_string();
+        Dev {
+            child,
+            gateway,
+            log,
+        }
+    }
+
+    /// Peak resident set of the process (VmHWM), bytes.
+    fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        let kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM");
+        kib * 1024
+    }
+
+    /// Ctrl-C, and the exit status.
+    fn interrupt(mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(ok.success());
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- kura dev log (last lines) ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn kura(args: &[&str], gateway: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kura"))
+        .args(args)
+        .args(["--endpoint", gateway])
+        .env_remove("KURA_TENANT")
+        .output()
+        .expect("run kura")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+fn file_blake3(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).expect("open");
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Writes a synthetic multi-frame instance of about `pixel_bytes` to `path`
+/// without holding it in memory.
+fn write_large(path: &Path, s: &Synthetic, pixel_bytes: u32) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    f.write_all(&head(s, 100, pixel_bytes)).expect("write");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < u64::from(pixel_bytes) {
+        let n = (u64::from(pixel_bytes) - offset).min(buf.len() as u64) as usize;
+        pixels(1, offset, &mut buf[..n]);
+        f.write_all(&buf[..n]).expect("write");
+        offset += n as u64;
+    }
+    f.flush().expect("flush");
+}
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+}
+
+const LARGE_PIXEL_BYTES: u32 = 200 * 1024 * 1024;
+/// How much the dev process (3 voters, 9 storage nodes with their RocksDB,
+/// a gateway) may grow while a 200 MiB instance goes in and out: half the
+/// instance, so nothing holds it whole (measured: ~60 MiB).
+const PEAK_GROWTH_MAX: u64 = 100 * 1024 * 1024;
+
+#[test]
+fn kura_dev_serves_the_client_commands_in_bounded_memory_and_restarts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let dev = Dev::start(&data);
+    let g = dev.gateway.clone();
+
+    // The corpus, as a folder.
+    let o = kura(&["store", "--json"], &g);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "store without paths is a usage error"
+    );
+    let corpus = corpus_dir();
+    let corpus = corpus.to_str().expect("utf-8 path");
+    let o = kura(&["store", corpus, "--json"], &g);
+    let summary = json(&o);
+    assert_eq!(summary["stored"], 11, "{summary}");
+    assert_eq!(o.status.code(), Some(1), "refusals give exit 1");
+    let o = kura(&["store", corpus, "--json"], &g);
+    assert_eq!(json(&o)["already_stored"], 11);
+
+    // A 200 MB multi-frame instance, in and out.
+    let s = Synthetic {
+        study: uid("900", 1),
+        series: uid("901", 1),
+        sop: uid("902", 1),
+    };
+    let big = tmp.path().join("big.dcm");
+    write_large(&big, &s, LARGE_PIXEL_BYTES);
+    let before = dev.peak_rss();
+    let o = kura(&["store", big.to_str().expect("path"), "--json"], &g);
+    assert_eq!(
+        json(&o)["stored"],
+        1,
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let after_store = dev.peak_rss();
+    let out = tmp.path().join("big.out.dcm");
+    let o = kura(&["retrieve", &s.sop, "-o", out.to_str().expect("path")], &g);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        file_blake3(&out),
+        file_blake3(&big),
+        "byte-exact round trip"
+    );
+    let peak = dev.peak_rss();
+    eprintln!(
+        "kura dev peak RSS: {} MiB before, {} MiB after a 200 MiB store, {} MiB after its retrieve",
+        before >> 20,
+        after_store >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak.saturating_sub(before) < PEAK_GROWTH_MAX,
+        "peak RSS grew by {} MiB, more than {} MiB",
+        (peak - before) >> 20,
+        PEAK_GROWTH_MAX >> 20
+    );
+    let o = kura(&["stat", &s.sop, "--json"], &g);
+    let info = json(&o);
+    assert_eq!(
+        info["size"].as_u64(),
+        Some(std::fs::metadata(&big).expect("meta").len())
+    );
+    let o = kura(&["ls", "--study", &s.study, "--json"], &g);
+    assert_eq!(json(&o).as_array().map(Vec::len), Some(1));
+
+    // The external client.
+    python_client(&g);
+
+    // Ctrl-C stops it cleanly; the same directory brings it all back.
+    let status = dev.interrupt();
+    assert!(status.success(), "kura dev exits 0 on Ctrl-C: {status:?}");
+    let dev = Dev::start(&data);
+    let o = kura(&["stat", &s.sop, "--json"], &dev.gateway);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = kura(&["store", corpus, "--json"], &dev.gateway);
+    assert_eq!(
+        json(&o)["already_stored"],
+        11,
+        "the corpus survived the restart"
+    );
+    assert!(dev.interrupt().success());
+}
+
+/// A Python grpcio client generated from `proto/` at test time stores and
+/// retrieves corpus files. Needs a Python with grpcio-tools: `KURA_PYTHON`
+/// (CI sets it to the venv `.ci/run` builds), else `python3` if it has
+/// them. Without one the check is skipped with a notice — except in CI
+/// (`CI` set), where that is a failure.
+fn python_client(gateway: &str) {
+    let python = std::env::var("KURA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_tools = Command::new(&python)
+        .args(["-c", "import grpc_tools, grpc_reflection"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_tools {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide a Python with grpcio-tools and grpcio-reflection (KURA_PYTHON)"
+        );
+        eprintln!(
+            "SKIPPED the external Python client check: {python} lacks grpcio-tools/grpcio-reflection (see .ci/run)"
+        );
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(&python)
+        .arg(root.join("crates/kura/tests/external/archive_client.py"))
+        .args(["--endpoint", gateway, "--proto-root"])
+        .arg(root.join("proto"))
+        .arg("--corpus")
+        .arg(corpus_dir())
+        .output()
+        .expect("run the Python client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "the Python client failed:\n{text}");
+}
