@@ -279,7 +279,9 @@ async fn run_puts(
     Ok(percentiles(all, ops, secs))
 }
 
-const PRELOAD_BATCH: u64 = 2_000;
+/// ~600 KB per log entry: big entries must still replicate within one
+/// heartbeat interval (openraft's AppendEntries deadline).
+const PRELOAD_BATCH: u64 = 500;
 
 /// Brings the index up to `target` manifests through the bulk-import
 /// command (batches of [`PRELOAD_BATCH`], a few in flight): the puts go
@@ -289,7 +291,7 @@ async fn preload(client: &MetaClient, next: &Arc<AtomicU64>, target: u64) -> Res
     let started = Instant::now();
     let reported = Arc::new(AtomicU64::new(next.load(Ordering::Relaxed)));
     let mut tasks = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..2 {
         let client = client.clone();
         let next = next.clone();
         let reported = reported.clone();

@@ -36,9 +36,14 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            // openraft 0.9 gives every AppendEntries (the follower's synced
+            // append included) one heartbeat interval to answer; at 100 ms
+            // a busy disk made appends time out and throughput collapse
+            // under load (bench/meta), so the interval leaves room for an
+            // fsync under contention.
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
             snapshot_every_entries: 50_000,
             log_kept_behind_snapshot: 10_000,
         }
