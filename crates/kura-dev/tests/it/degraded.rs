@@ -58,6 +58,30 @@ async fn any_m_stopped_nodes_leave_every_instance_readable() {
             c.dev.start_storage_node(id).await.expect("start");
         }
     }
+    // A store with one node down still succeeds: the shard meant for it
+    // is left unplaced and the instance is marked under-protected.
+    c.dev.stop_storage_node(5).await.expect("stop");
+    let s = Synthetic {
+        study: uid("63", 1),
+        series: uid("64", 1),
+        sop: uid("65", 1),
+    };
+    let bytes = synthetic(&s, 6 * 1024 * 1024, 77);
+    let mut client = c.client().await;
+    let info = store(&mut client, TENANT, &bytes)
+        .await
+        .expect("store with a node down")
+        .info
+        .expect("info");
+    assert_eq!(
+        info.protection,
+        kura_proto::v1::Protection::UnderProtected as i32,
+        "a shard could not be placed"
+    );
+    let got = retrieve(&mut client, TENANT, &s.sop).await.expect("read");
+    assert!(got == bytes);
+    c.dev.start_storage_node(5).await.expect("start");
+
     // One more than m stopped: refused as unavailable, never wrong bytes.
     for id in [1u64, 2, 3, 4, 5] {
         c.dev.stop_storage_node(id).await.expect("stop");
