@@ -41,6 +41,9 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first report goes out one interval after start, not at once:
+        // a node usually starts before the cluster map that lists it.
+        ticker.tick().await;
         let mut failing = false;
         loop {
             tokio::select! {
