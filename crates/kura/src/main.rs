@@ -11,6 +11,7 @@
 //! (bad usage, as clap reports it, or an unexpected error).
 
 mod cmd;
+mod config;
 
 /// Caps glibc's malloc arenas at 2 (its default is 8 per core).
 ///
@@ -58,6 +59,9 @@ enum Command {
     /// Work with DICOM files on this machine; needs no cluster.
     #[command(subcommand)]
     Dicom(cmd::dicom::DicomCommand),
+    /// Run one process of a real cluster: the roles (metadata voter,
+    /// storage node, gateway) that kura.toml gives node ID.
+    Server(cmd::server::ServerArgs),
     /// Run and manage metadata (Raft) nodes directly.
     #[command(subcommand)]
     Meta(cmd::meta::MetaCommand),
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => cmd::dev::run(args),
         Command::Dicom(command) => cmd::dicom::run(command),
         Command::Meta(command) => cmd::meta::run(command),
+        Command::Server(args) => cmd::server::run(args),
     };
     match result {
         Ok(code) => code,

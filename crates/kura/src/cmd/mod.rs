@@ -6,3 +6,4 @@ pub mod client;
 pub mod dev;
 pub mod dicom;
 pub mod meta;
+pub mod server;

@@ -3,3 +3,4 @@
 mod client;
 mod dev;
 mod dicom_inspect;
+mod server;

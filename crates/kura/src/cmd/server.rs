@@ -1,0 +1,266 @@
+//! `kura server --config kura.toml --node ID`: one process of a real
+//! cluster, running the roles the config gives node ID (Raft voter, storage
+//! node, gateway — any mix) until Ctrl-C or SIGTERM.
+//!
+//! A new cluster forms by itself: the voter with the lowest id bootstraps
+//! the Raft group once every voter answers, then records the cluster map
+//! and erasure profile once every storage node answers (their capacity goes
+//! into the map). Both steps are idempotent, so restarting any process,
+//! in any order, is safe.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use kura_gateway::{Gateway, GatewayConfig};
+use kura_meta::{MetaConfig, MetaNode, RaftTimings};
+use kura_proto::meta::{
+    AdminRequest, Applied, Command, Consistency, Query, QueryResult, Rejected, Voter,
+};
+use kura_proto::meta_client::{MetaClient, MetaClientError, Retry};
+use kura_proto::shards_client::ShardsClient;
+use kura_store::{StorageNode, StoreConfig};
+
+use crate::config::{self, Checked};
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The cluster's configuration (the same file on every machine).
+    #[arg(long, env = "KURA_CONFIG")]
+    config: PathBuf,
+    /// Which [[node]] of the config this process is.
+    #[arg(long, env = "KURA_NODE")]
+    node: u64,
+    /// Only check the config and print what this node would run.
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("read {}", args.config.display()))?;
+    let checked =
+        config::parse(&args.config.display().to_string(), &text).map_err(anyhow::Error::msg)?;
+    let Some(node) = checked.node(args.node) else {
+        bail!(
+            "{} has no [[node]] with id {} (ids: {})",
+            args.config.display(),
+            args.node,
+            checked
+                .config
+                .nodes
+                .iter()
+                .map(|n| n.id.get_ref().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let roles: Vec<&str> = [
+        node.meta.as_ref().map(|_| "meta"),
+        node.store.as_ref().map(|_| "store"),
+        node.gateway.as_ref().map(|_| "gateway"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    println!(
+        "kura server: node {} in site {} runs {} (profile {}, data {})",
+        args.node,
+        node.site.get_ref(),
+        roles.join(" + "),
+        checked.profile,
+        node.data.display()
+    );
+    if args.check {
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::cmd::meta::init_logs_with("info,openraft=warn");
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(serve(checked, args.node))
+}
+
+async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
+    let node = checked.node(id).context("node vanished from the config")?;
+    let voters = checked.voters();
+    let meta_endpoints: Vec<String> = voters.iter().map(|(_, a)| a.clone()).collect();
+    let grace = Duration::from_secs(checked.config.cluster.orphan_grace_secs);
+
+    let mut meta = None;
+    if let Some(addr) = &node.meta {
+        let listener = tokio::net::TcpListener::bind(addr.get_ref())
+            .await
+            .with_context(|| format!("listen for Raft on {}", addr.get_ref()))?;
+        let m = MetaNode::start(
+            MetaConfig {
+                id,
+                data_dir: node.data.join("meta"),
+                advertise_addr: addr.get_ref().clone(),
+                timings: RaftTimings::default(),
+                timeouts: Default::default(),
+            },
+            listener,
+        )
+        .await
+        .with_context(|| format!("start the metadata voter in {}", node.data.display()))?;
+        println!("  meta voter {id} at {}", addr.get_ref());
+        meta = Some(m);
+    }
+    let mut store = None;
+    if let Some(addr) = &node.store {
+        let listener = tokio::net::TcpListener::bind(addr.get_ref())
+            .await
+            .with_context(|| format!("listen for shards on {}", addr.get_ref()))?;
+        let mut sc = StoreConfig::new(id, node.data.join("store"));
+        sc.meta_endpoints = meta_endpoints.clone();
+        sc.orphan_grace = grace;
+        let s = StorageNode::start(sc, listener)
+            .await
+            .with_context(|| format!("start the storage node in {}", node.data.display()))?;
+        println!("  storage node {id} at {}", addr.get_ref());
+        store = Some(s);
+    }
+    // The lowest voter forms the cluster, in the background: it waits for
+    // the others without holding up this node's own roles.
+    let lowest = voters.iter().map(|(v, _)| *v).min();
+    let former = (lowest == Some(id)).then(|| {
+        let checked_map = checked.cluster_map(|_| 0);
+        let profile = checked.profile;
+        let voters = voters.clone();
+        tokio::spawn(async move { form_cluster(voters, checked_map, profile).await })
+    });
+    let mut gateway = None;
+    if let Some(addr) = &node.gateway {
+        let listener = tokio::net::TcpListener::bind(addr.get_ref())
+            .await
+            .with_context(|| format!("listen for the Archive API on {}", addr.get_ref()))?;
+        let ops = match &node.ops {
+            Some(o) => Some(
+                tokio::net::TcpListener::bind(o.get_ref())
+                    .await
+                    .with_context(|| format!("listen for the ops port on {}", o.get_ref()))?,
+            ),
+            None => None,
+        };
+        let mut gc = GatewayConfig::new(meta_endpoints.clone());
+        gc.site = Some(node.site.get_ref().clone());
+        gc.store_deadline = gc.store_deadline.min(grace / 2);
+        let g = Gateway::start(gc, listener, ops)
+            .await
+            .context("start the gateway")?;
+        println!("  gateway at {}", g.addr());
+        gateway = Some(g);
+    }
+    crate::cmd::meta::shutdown_signal().await;
+    eprintln!("kura server: node {id} stopping");
+    if let Some(f) = former {
+        f.abort();
+    }
+    if let Some(g) = gateway {
+        g.shutdown().await;
+    }
+    if let Some(s) = store {
+        s.shutdown().await?;
+    }
+    if let Some(m) = meta {
+        m.shutdown().await?;
+    }
+    eprintln!("kura server: node {id} stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bootstraps the voters and records the map, each once, retrying until
+/// the others are up.
+async fn form_cluster(
+    voters: Vec<(u64, String)>,
+    mut map: kura_placement::ClusterMap,
+    profile: kura_erasure::EcParams,
+) {
+    let Some((_, first)) = voters.iter().min_by_key(|(id, _)| *id).cloned() else {
+        return;
+    };
+    let client = MetaClient::new(voters.iter().map(|(_, a)| a.clone()).collect());
+    let request = AdminRequest::Bootstrap {
+        voters: voters
+            .iter()
+            .map(|(id, addr)| Voter {
+                id: *id,
+                addr: addr.clone(),
+            })
+            .collect(),
+    };
+    let started = Instant::now();
+    loop {
+        match client.admin_at(&first, &request).await {
+            Ok(_) => {
+                tracing::info!(voters = voters.len(), "metadata cluster bootstrapped");
+                break;
+            }
+            Err(MetaClientError::FailedPrecondition(_)) => break, // formed before
+            Err(e) => {
+                tracing::info!(error = %e, waited_s = started.elapsed().as_secs(), "waiting to bootstrap");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    // The map: once every storage node answers with its capacity.
+    loop {
+        let existing = client
+            .query(&Query::GetClusterMap {
+                consistency: Consistency::Linearizable,
+            })
+            .await;
+        if let Ok(QueryResult::ClusterMap { map: Some(_), .. }) = existing {
+            return;
+        }
+        let mut missing = Vec::new();
+        for n in map.nodes.values_mut() {
+            if n.capacity_bytes > 0 {
+                continue;
+            }
+            match ShardsClient::new(&n.addr) {
+                Ok(c) => match c.node_status().await {
+                    Ok(s) => {
+                        n.capacity_bytes = s.capacity_bytes;
+                        n.used_bytes = s.used_bytes;
+                    }
+                    Err(_) => missing.push(n.id),
+                },
+                Err(_) => missing.push(n.id),
+            }
+        }
+        if !missing.is_empty() {
+            tracing::info!(
+                ?missing,
+                "waiting for storage nodes before recording the map"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        match client
+            .propose(
+                &Command::InitCluster {
+                    map: map.clone(),
+                    profile,
+                },
+                Retry::Idempotent,
+            )
+            .await
+        {
+            Ok(Ok(Applied::MapChanged { epoch })) => {
+                tracing::info!(epoch, "cluster map recorded");
+                return;
+            }
+            Ok(Err(Rejected::Invalid(_))) => return, // recorded before
+            Ok(other) => {
+                tracing::error!(?other, "cluster map refused");
+                return;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "retrying to record the cluster map");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `kura server`: three separate processes, one per site, form a cluster
+//! from one kura.toml and serve the Archive API; a bad config is refused
+//! with its line.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn kura(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kura"))
+        .args(args)
+        .env_remove("KURA_TENANT")
+        .output()
+        .expect("run kura")
+}
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+}
+
+fn write_config(dir: &Path) -> (PathBuf, String) {
+    let gateway = format!("127.0.0.1:{}", free_port());
+    let mut text = String::from(
+        "[cluster]\ndata_shards = 2\nparity_shards = 1\n\n[[site]]\nname = \"tokyo\"\n[[site]]\nname = \"osaka\"\n[[site]]\nname = \"fukuoka\"\n",
+    );
+    for (i, site) in ["tokyo", "osaka", "fukuoka"].iter().enumerate() {
+        let id = i + 1;
+        text.push_str(&format!(
+            "\n[[node]]\nid = {id}\nsite = \"{site}\"\ndata = \"{}\"\nmeta = \"127.0.0.1:{}\"\nstore = \"127.0.0.1:{}\"\n",
+            dir.join(format!("node-{id}")).display(),
+            free_port(),
+            free_port()
+        ));
+        if id == 1 {
+            text.push_str(&format!("gateway = \"{gateway}\"\n"));
+        }
+    }
+    let path = dir.join("kura.toml");
+    std::fs::write(&path, text).expect("write config");
+    (path, gateway)
+}
+
+#[test]
+fn three_processes_form_a_cluster_and_serve() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (config, gateway) = write_config(tmp.path());
+    let config = config.to_str().expect("utf-8").to_string();
+    // Start them in reverse order: the bootstrapper (node 1) comes last.
+    let mut procs = Vec::new();
+    for id in ["3", "2", "1"] {
+        let log = std::fs::File::create(tmp.path().join(format!("node-{id}.log"))).expect("log");
+        procs.push(Proc(
+            Command::new(env!("CARGO_BIN_EXE_kura"))
+                .args(["server", "--config", &config, "--node", id])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start kura server"),
+        ));
+    }
+    let corpus = corpus_dir();
+    let corpus = corpus.to_str().expect("utf-8");
+    // The cluster forms within a deadline; until then stores are refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let summary = loop {
+        let o = kura(&["store", corpus, "--json", "--endpoint", &gateway]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        // Early attempts may store some files before failing on others.
+        let done = v["stored"].as_u64().unwrap_or(0) + v["already_stored"].as_u64().unwrap_or(0);
+        if done == 11 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not form: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(summary["refused"], 10, "{summary}");
+    let out = tmp.path().join("ct.dcm");
+    let o = kura(&[
+        "retrieve",
+        "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
+        "-o",
+        out.to_str().expect("utf-8"),
+        "--endpoint",
+        &gateway,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(&out).expect("out"),
+        std::fs::read(corpus_dir().join("CT_small.dcm")).expect("in")
+    );
+    // Losing one whole site (RS(2,1), one shard per site): reads go on.
+    drop(procs.remove(0)); // node 3 (fukuoka): killed
+    let o = kura(&[
+        "retrieve",
+        "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
+        "-o",
+        out.to_str().expect("utf-8"),
+        "--endpoint",
+        &gateway,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_bad_config_is_refused_with_its_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (config, _) = write_config(tmp.path());
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        text.replace("site = \"osaka\"", "site = \"kyoto\""),
+    )
+    .expect("write");
+    let line = text
+        .lines()
+        .position(|l| l == "site = \"osaka\"")
+        .expect("line")
+        + 1;
+    let o = kura(&[
+        "server",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--node",
+        "1",
+        "--check",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("kura.toml:{line}:")), "{err}");
+    assert!(err.contains("\"kyoto\" is not a [[site]]"), "{err}");
+    // And a node the config does not have.
+    let (config, _) = write_config(tmp.path());
+    let o = kura(&[
+        "server",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--node",
+        "9",
+        "--check",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no [[node]] with id 9"));
+}
