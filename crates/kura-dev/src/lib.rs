@@ -59,6 +59,10 @@ pub struct DevConfig {
     pub gc_interval: Duration,
     /// Raft timings of the voters.
     pub timings: RaftTimings,
+    /// How often storage nodes report (their heartbeat).
+    pub report_interval: Duration,
+    /// Metadata service timeouts, failure detection included.
+    pub meta_timeouts: ServiceTimeouts,
 }
 
 impl DevConfig {
@@ -75,6 +79,8 @@ impl DevConfig {
             orphan_grace: kura_store::gc::ORPHAN_GRACE_DEFAULT,
             gc_interval: kura_store::gc::GC_INTERVAL_DEFAULT,
             timings: RaftTimings::default(),
+            report_interval: kura_store::node::REPORT_INTERVAL_DEFAULT,
+            meta_timeouts: ServiceTimeouts::default(),
         }
     }
 }
@@ -247,7 +253,7 @@ impl DevCluster {
                     data_dir: config.data_dir.join(format!("meta-{}", v.id)),
                     advertise_addr: SocketAddr::new(host, v.port).to_string(),
                     timings: config.timings,
-                    timeouts: ServiceTimeouts::default(),
+                    timeouts: config.meta_timeouts,
                 },
                 listener,
             )
@@ -268,6 +274,7 @@ impl DevCluster {
             sc.meta_endpoints = meta_endpoints.clone();
             sc.orphan_grace = config.orphan_grace;
             sc.gc_interval = config.gc_interval;
+            sc.report_interval = config.report_interval;
             let node = StorageNode::start(sc, listener)
                 .await
                 .map_err(|e| start_err(format!("storage node {}", s.id), e))?;
@@ -359,6 +366,7 @@ impl DevCluster {
         sc.meta_endpoints = self.meta_endpoints.clone();
         sc.orphan_grace = self.config.orphan_grace;
         sc.gc_interval = self.config.gc_interval;
+        sc.report_interval = self.config.report_interval;
         let node = StorageNode::start(sc, listener)
             .await
             .map_err(|e| start_err(format!("storage node {id}"), e))?;

@@ -17,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod error;
+pub mod liveness;
 pub mod network;
 pub mod node;
 pub mod service;

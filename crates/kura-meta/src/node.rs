@@ -71,6 +71,8 @@ pub struct MetaNode {
     service: MetaServer,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    detector_stop: Option<oneshot::Sender<()>>,
+    detector: Option<JoinHandle<()>>,
 }
 
 impl MetaNode {
@@ -118,6 +120,15 @@ impl MetaNode {
         .await
         .map_err(|e| MetaError::Fatal(e.to_string()))?;
         let service = MetaServer::new(raft.clone(), reader, config.timeouts);
+        let (detector_stop, detector_rx) = oneshot::channel::<()>();
+        let detector = crate::liveness::spawn(
+            config.id,
+            service.clone(),
+            std::sync::Arc::clone(service.liveness()),
+            config.timeouts.node_down_after,
+            config.timeouts.node_lost_after,
+            detector_rx,
+        );
         let (tx, rx) = oneshot::channel::<()>();
         let limit = codec::PAYLOAD_BYTES_MAX as usize;
         let router = tonic::transport::Server::builder()
@@ -148,6 +159,8 @@ impl MetaNode {
             service,
             shutdown: Some(tx),
             server: Some(server),
+            detector_stop: Some(detector_stop),
+            detector: Some(detector),
         })
     }
 
@@ -196,6 +209,12 @@ impl MetaNode {
     /// Stops Raft and the server and releases the data directory. Nothing
     /// of this node keeps running afterwards.
     pub async fn shutdown(mut self) -> Result<(), MetaError> {
+        if let Some(tx) = self.detector_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(d) = self.detector.take() {
+            let _ = d.await;
+        }
         let raft_result = self.raft.shutdown().await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -215,6 +234,9 @@ impl Drop for MetaNode {
     fn drop(&mut self) {
         // A node dropped without shutdown() still stops serving.
         if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.detector_stop.take() {
             let _ = tx.send(());
         }
     }

@@ -17,6 +17,7 @@
 //!   hold it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kura_proto::codec;
@@ -33,6 +34,7 @@ use openraft::error::{
 };
 
 use crate::error::MetaError;
+use crate::liveness::Liveness;
 use crate::store::sm::StateReader;
 use crate::types::Raft;
 
@@ -43,6 +45,10 @@ pub struct ServiceTimeouts {
     pub propose: Duration,
     /// A read-index round not finished within this is answered "no quorum".
     pub read_index: Duration,
+    /// A storage node silent this long is marked `Down` (see `liveness`).
+    pub node_down_after: Duration,
+    /// ... and this long, `Lost`.
+    pub node_lost_after: Duration,
 }
 
 impl Default for ServiceTimeouts {
@@ -50,6 +56,9 @@ impl Default for ServiceTimeouts {
         Self {
             propose: Duration::from_secs(4),
             read_index: Duration::from_secs(2),
+            // Storage nodes report every 10 s: three missed reports.
+            node_down_after: Duration::from_secs(30),
+            node_lost_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -60,6 +69,7 @@ pub struct MetaServer {
     raft: Raft,
     reader: StateReader,
     timeouts: ServiceTimeouts,
+    liveness: Arc<Liveness>,
 }
 
 fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> MetaError {
@@ -76,7 +86,18 @@ impl MetaServer {
             raft,
             reader,
             timeouts,
+            liveness: Arc::new(Liveness::default()),
         }
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// When storage nodes last reported here.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
     }
 
     /// Read access to the node's applied state.
@@ -88,14 +109,22 @@ impl MetaServer {
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, MetaError> {
         cmd.validate().map_err(MetaError::InvalidArgument)?;
         let kind = cmd.kind();
+        let reporter = match &cmd {
+            Command::ReportUsage { id, .. } => Some(*id),
+            _ => None,
+        };
         match tokio::time::timeout(self.timeouts.propose, self.raft.client_write(cmd)).await {
             Err(_) => Err(MetaError::Unknown(format!(
                 "{kind} not seen committed within {:?} (no quorum?)",
                 self.timeouts.propose
             ))),
-            Ok(Ok(resp)) => resp
-                .data
-                .ok_or_else(|| MetaError::Storage("applied command gave no result".into())),
+            Ok(Ok(resp)) => {
+                if let Some(id) = reporter {
+                    self.liveness.saw(id);
+                }
+                resp.data
+                    .ok_or_else(|| MetaError::Storage("applied command gave no result".into()))
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(not_leader(f))
             }

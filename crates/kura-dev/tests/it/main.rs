@@ -5,4 +5,5 @@
 mod archive;
 mod degraded;
 mod harness;
+mod liveness;
 mod ops;

@@ -1,0 +1,151 @@
+//! Failure detection of storage nodes, run by the metadata leader.
+//!
+//! A storage node's usage report (`Command::ReportUsage`, every few
+//! seconds) is its heartbeat; the leader notes when each arrived. A node
+//! silent for `node_down_after` is marked `Down` (reads and placement avoid
+//! it at once), silent for `node_lost_after` it is marked `Lost` (its
+//! shards count as gone: repair rebuilds them). A `Down` node that reports
+//! again is marked `Up`. `Lost` is final until an operator acts: by then
+//! repair may have rebuilt its shards elsewhere.
+//!
+//! Every state change is a Raft command, so every gateway sees the same
+//! map. A new leader knows no report times yet: it gives every node a full
+//! `node_down_after` from the moment it took office before judging it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kura_placement::NodeState;
+use kura_proto::meta::Command;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::service::MetaServer;
+
+/// When each storage node last reported to this node.
+#[derive(Default)]
+pub struct Liveness {
+    seen: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Liveness {
+    pub fn saw(&self, node: u64) {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node, Instant::now());
+    }
+
+    fn last(&self, node: u64) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node)
+            .copied()
+    }
+}
+
+/// What the detector decides for one node, given how long it has been
+/// silent (`None`: never heard from since this leader took office).
+fn judge(
+    state: NodeState,
+    silent: Duration,
+    reported_recently: bool,
+    down_after: Duration,
+    lost_after: Duration,
+) -> Option<NodeState> {
+    match state {
+        NodeState::Up if silent > down_after => Some(NodeState::Down),
+        NodeState::Down if reported_recently => Some(NodeState::Up),
+        NodeState::Down if silent > lost_after => Some(NodeState::Lost),
+        _ => None,
+    }
+}
+
+/// Starts the detector of node `id`; it acts only while `id` leads.
+pub(crate) fn spawn(
+    id: u64,
+    server: MetaServer,
+    liveness: Arc<Liveness>,
+    down_after: Duration,
+    lost_after: Duration,
+    mut stop: oneshot::Receiver<()>,
+) -> JoinHandle<()> {
+    let tick = (down_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = ticker.tick() => {}
+            }
+            let leader = server.raft().metrics().borrow().current_leader;
+            if leader != Some(id) {
+                leading_since = None;
+                continue;
+            }
+            let since = *leading_since.get_or_insert_with(Instant::now);
+            let Ok((Some(map), _)) = server.reader().cluster() else {
+                continue;
+            };
+            let now = Instant::now();
+            for node in map.nodes.values() {
+                let last = liveness.last(node.id);
+                let heard = last.map_or(since, |t| t.max(since));
+                let silent = now.saturating_duration_since(heard);
+                let recent = last.is_some_and(|t| now.saturating_duration_since(t) <= down_after);
+                let Some(next) = judge(node.state, silent, recent, down_after, lost_after) else {
+                    continue;
+                };
+                let outcome = tokio::select! {
+                    _ = &mut stop => return,
+                    r = server.propose(Command::SetNodeState { id: node.id, state: next }) => r,
+                };
+                match outcome {
+                    Ok(Ok(_)) => tracing::warn!(
+                        node = node.id,
+                        from = node.state.as_str(),
+                        to = next.as_str(),
+                        silent_ms = silent.as_millis() as u64,
+                        "storage node state changed"
+                    ),
+                    Ok(Err(e)) => {
+                        tracing::warn!(node = node.id, error = %e, "state change refused")
+                    }
+                    Err(e) => tracing::debug!(node = node.id, error = %e, "state change not made"),
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judgements() {
+        let (d, l) = (Duration::from_secs(10), Duration::from_secs(60));
+        let s = Duration::from_secs;
+        assert_eq!(judge(NodeState::Up, s(5), true, d, l), None);
+        assert_eq!(
+            judge(NodeState::Up, s(11), false, d, l),
+            Some(NodeState::Down)
+        );
+        assert_eq!(
+            judge(NodeState::Down, s(1), true, d, l),
+            Some(NodeState::Up)
+        );
+        assert_eq!(judge(NodeState::Down, s(30), false, d, l), None);
+        assert_eq!(
+            judge(NodeState::Down, s(61), false, d, l),
+            Some(NodeState::Lost)
+        );
+        assert_eq!(judge(NodeState::Lost, s(1), true, d, l), None);
+        assert_eq!(judge(NodeState::Draining, s(100), false, d, l), None);
+        assert_eq!(judge(NodeState::Removed, s(100), false, d, l), None);
+    }
+}
