@@ -84,6 +84,7 @@ pub mod gc;
 mod index;
 pub mod node;
 mod report;
+pub mod scrub;
 pub mod service;
 pub mod store;
 

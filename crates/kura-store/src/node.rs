@@ -54,6 +54,10 @@ pub struct StoreConfig {
     pub orphan_grace: Duration,
     /// Time between two orphan sweeps (needs `meta_endpoints`).
     pub gc_interval: Duration,
+    /// The scrubber's pace in bytes per second; 0 turns it off.
+    pub scrub_bytes_per_sec: u64,
+    /// Wait between two scrub passes.
+    pub scrub_pass_interval: Duration,
 }
 
 impl StoreConfig {
@@ -68,6 +72,8 @@ impl StoreConfig {
             buffer_bytes_max: BUFFER_BYTES_MAX_DEFAULT,
             orphan_grace: crate::gc::ORPHAN_GRACE_DEFAULT,
             gc_interval: crate::gc::GC_INTERVAL_DEFAULT,
+            scrub_bytes_per_sec: crate::scrub::SCRUB_BYTES_PER_SEC_DEFAULT,
+            scrub_pass_interval: crate::scrub::SCRUB_PASS_INTERVAL_DEFAULT,
         }
     }
 }
@@ -84,6 +90,9 @@ pub struct StorageNode {
     reporter: Option<JoinHandle<()>>,
     gc_stop: Option<oneshot::Sender<()>>,
     gc: Option<JoinHandle<()>>,
+    scrub_stop: Option<oneshot::Sender<()>>,
+    scrub: Option<JoinHandle<()>>,
+    scrub_status: Arc<crate::scrub::ScrubStatus>,
 }
 
 impl StorageNode {
@@ -102,6 +111,8 @@ impl StorageNode {
             buffer_bytes_max,
             orphan_grace,
             gc_interval,
+            scrub_bytes_per_sec,
+            scrub_pass_interval,
         } = config;
         if gc_interval.is_zero() {
             return Err(StoreError::InvalidArgument(
@@ -144,6 +155,16 @@ impl StorageNode {
                 let _ = stopped.await;
             },
         ));
+        let scrub_status = Arc::new(crate::scrub::ScrubStatus::default());
+        let (scrub_stop, scrub_rx) = oneshot::channel();
+        let scrub = crate::scrub::spawn(
+            node_id,
+            Arc::clone(&store),
+            scrub_bytes_per_sec,
+            scrub_pass_interval,
+            Arc::clone(&scrub_status),
+            scrub_rx,
+        );
         let (gc_stop, gc) = if meta_endpoints.is_empty() {
             (None, None)
         } else {
@@ -183,6 +204,9 @@ impl StorageNode {
             reporter,
             gc_stop,
             gc,
+            scrub_stop: Some(scrub_stop),
+            scrub: Some(scrub),
+            scrub_status,
         })
     }
 
@@ -193,6 +217,11 @@ impl StorageNode {
     /// The address the node serves at.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The scrubber's counters.
+    pub fn scrub_status(&self) -> &Arc<crate::scrub::ScrubStatus> {
+        &self.scrub_status
     }
 
     /// The store, for in-process callers (tests, the scrubber).
@@ -212,6 +241,14 @@ impl StorageNode {
         }
         if let Some(tx) = self.gc_stop.take() {
             let _ = tx.send(());
+        }
+        if let Some(tx) = self.scrub_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.scrub.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!(node = self.node_id, error = %e, "scrubber ended badly");
         }
         if let Some(task) = self.gc.take()
             && let Err(e) = task.await

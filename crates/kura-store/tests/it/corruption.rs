@@ -161,3 +161,55 @@ async fn idempotent_put_finds_a_rotten_copy_and_replaces_it() {
     assert_eq!(status.corrupt_count, 0);
     assert_eq!(status.shard_count, 1);
 }
+
+#[tokio::test]
+async fn the_scrubber_finds_damage_before_any_read() {
+    use std::sync::atomic::Ordering;
+    let t = crate::harness::TestNode::start_with(|c| {
+        c.scrub_bytes_per_sec = 200_000_000;
+        c.scrub_pass_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..6u8 {
+        let (id, bytes) = shard(20, 0, i, 64 * 1024, u64::from(i));
+        t.client.put_shard(bytes, false).await.expect("put");
+        ids.push(id);
+    }
+    flip_byte(&t.file_of(&ids[3]), (SHARD_HEADER_BYTES + 100) as u64);
+    let status = std::sync::Arc::clone(t.node().scrub_status());
+    crate::harness::eventually(
+        "the scrubber finds the flipped byte",
+        std::time::Duration::from_secs(20),
+        || {
+            let found = status.corrupt_found.load(Ordering::Relaxed);
+            async move { (found >= 1).then_some(()) }
+        },
+    )
+    .await;
+    // Found once, however many passes run; the healthy shards stay good.
+    crate::harness::eventually(
+        "two more passes",
+        std::time::Duration::from_secs(20),
+        || {
+            let passes = status.passes.load(Ordering::Relaxed);
+            async move { (passes >= 3).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(status.corrupt_found.load(Ordering::Relaxed), 1);
+    let info = t.client.stat_shard(&ids[3]).await.expect("stat");
+    assert_eq!(info.state, ShardState::Corrupt);
+    for (i, id) in ids.iter().enumerate() {
+        if i != 3 {
+            assert_eq!(
+                t.client.stat_shard(id).await.expect("stat").state,
+                ShardState::Ok
+            );
+        }
+    }
+    assert_eq!(
+        t.client.node_status().await.expect("status").corrupt_count,
+        1
+    );
+}
