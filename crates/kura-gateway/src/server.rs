@@ -10,7 +10,6 @@ use kura_proto::v1::archive_server::ArchiveServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 
 use crate::cluster::ClusterView;
@@ -122,9 +121,10 @@ impl Gateway {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(archive);
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        let serve =
+            router.serve_with_incoming_shutdown(kura_proto::net::incoming(listener), async {
+                let _ = stop_rx.await;
+            });
         let mut tasks = vec![tokio::spawn(async move {
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "gateway server ended with an error");

@@ -10,7 +10,6 @@ use kura_proto::v1::internal::meta_server::MetaServer as MetaGrpcServer;
 use kura_proto::v1::internal::raft_server::RaftServer as RaftGrpcServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::MetaError;
 use crate::network::{NetworkFactory, RaftServer};
@@ -146,7 +145,7 @@ impl MetaNode {
                     .max_encoding_message_size(limit),
             );
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            kura_proto::net::incoming(listener),
             async {
                 let _ = rx.await;
             },

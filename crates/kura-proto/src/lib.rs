@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod meta;
 pub mod meta_client;
+pub mod net;
 pub mod shards_client;
 
 /// The public API, package `kura.v1`.

@@ -14,7 +14,6 @@ use kura_proto::shards_client::{
 use kura_proto::v1::internal::shards_server::ShardsServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::StoreError;
 use crate::report;
@@ -150,7 +149,7 @@ impl StorageNode {
                     .max_encoding_message_size(MESSAGE_BYTES_MAX),
             );
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            kura_proto::net::incoming(listener),
             async {
                 let _ = stopped.await;
             },
