@@ -13,14 +13,18 @@
 //! finishes the one in flight), or exactly `--count` instances; Kura then
 //! retrieves that same set and every byte is checked against the blake3 of
 //! what was sent; the ceiling and Orthanc then store and read back exactly
-//! the same instances (same bytes, same count, same concurrency).
+//! the same instances (same bytes, same count, same concurrency). The
+//! table also shows the cores `kura dev` kept busy in each Kura phase.
 //!
 //! ```text
 //! cargo build --release --workspace --bins
 //! target/release/ingest [--kura PATH] [--streams 1,8,32] [--seconds 10 | --count N]
 //!     [--workloads slice,multiframe] [--orthanc http://127.0.0.1:PORT]
 //!     [--dir DIR] [--quick] [--json]
+//! bench/orthanc.sh sh -c 'target/release/ingest --orthanc "$ORTHANC_URL"'
 //! ```
+//!
+//! `--quick`: 1 and 4 streams, 2 s per cell (unless given), ~20 s.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -341,6 +345,37 @@ struct Figures {
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Cores `kura dev` kept busy during the phase (CPU seconds ÷ wall).
+    kura_cores: Option<f64>,
+    /// Cores this benchmark process kept busy during the phase.
+    client_cores: Option<f64>,
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far,
+/// from `/proc/PID/stat`; None where that cannot be read.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) in clock ticks, USER_HZ = 100.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds of `kura dev` and of this process at one moment.
+#[derive(Clone, Copy)]
+struct Cpu {
+    kura: Option<f64>,
+    client: Option<f64>,
+}
+
+impl Cpu {
+    fn now(kura_pid: u32) -> Cpu {
+        Cpu {
+            kura: cpu_seconds(&kura_pid.to_string()),
+            client: cpu_seconds("self"),
+        }
+    }
 }
 
 impl Figures {
@@ -359,7 +394,17 @@ impl Figures {
             seconds,
             p50_ms: at(0.50),
             p99_ms: at(0.99),
+            kura_cores: None,
+            client_cores: None,
         }
+    }
+
+    /// Records the cores used between two CPU readings around the phase.
+    fn with_cpu(mut self, before: Cpu, after: Cpu) -> Figures {
+        let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / self.seconds);
+        self.kura_cores = cores(before.kura, after.kura);
+        self.client_cores = cores(before.client, after.client);
+        self
     }
 
     fn per_second(&self) -> f64 {
@@ -380,6 +425,8 @@ impl Figures {
             "mb_per_s": round3(self.mb_per_s()),
             "p50_ms": round3(self.p50_ms),
             "p99_ms": round3(self.p99_ms),
+            "kura_dev_cores": self.kura_cores.map(round3),
+            "client_cores": self.client_cores.map(round3),
         })
     }
 }
@@ -474,6 +521,10 @@ impl KuraDev {
                 Err(format!("{e}\n--- kura dev log ---\n{}", log_tail(log)))
             }
         }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Ctrl-C (SIGINT), then waits up to 60 s for a clean exit.
@@ -1176,6 +1227,9 @@ impl Row {
             format!("{:.1}", self.kura.mb_per_s()),
             format!("{:.1}", self.kura.p50_ms),
             format!("{:.1}", self.kura.p99_ms),
+            self.kura
+                .kura_cores
+                .map_or("-".to_owned(), |c| format!("{c:.2}")),
             format!("{:.1}", self.ceiling.mb_per_s()),
             format!("{:.2}", self.kura.mb_per_s() / self.ceiling.mb_per_s()),
             orthanc_mb,
@@ -1200,11 +1254,12 @@ impl Row {
 }
 
 /// One line of the table: workload, streams, op, n | kura inst/s, MB/s,
-/// p50, p99 | ceiling MB/s, kura/ceiling | orthanc MB/s, kura/orthanc.
-fn table_line(c: [String; 12]) -> String {
+/// p50, p99, cores of `kura dev` | ceiling MB/s, kura/ceiling | orthanc
+/// MB/s, kura/orthanc.
+fn table_line(c: [String; 13]) -> String {
     format!(
-        "{:<16} {:>7} {:<8} {:>5} | {:>7} {:>7} {:>7} {:>7} | {:>7} {:>9} | {:>7} {:>9}",
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]
+        "{:<16} {:>7} {:<8} {:>5} | {:>7} {:>7} {:>7} {:>7} {:>5} | {:>7} {:>9} | {:>7} {:>9}",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
     )
 }
 
@@ -1219,6 +1274,7 @@ fn table_head() -> String {
             "MB/s",
             "p50 ms",
             "p99 ms",
+            "cores",
             "MB/s",
             "kura/ceil",
             "MB/s",
@@ -1227,7 +1283,7 @@ fn table_head() -> String {
         .map(str::to_owned),
     );
     format!(
-        "{:<39} | {:<31} | {:<17} | {}\n{head}",
+        "{:<39} | {:<37} | {:<17} | {}\n{head}",
         "", "kura", "ceiling (files)", "orthanc"
     )
 }
@@ -1310,8 +1366,10 @@ async fn real_main() -> Result<(), String> {
             cell += 1;
             let set = Arc::new(Set::new(workload, format!("{run}.{cell}"), pool.clone()));
             eprintln!("{} × {streams} streams: kura store …", workload.label);
+            let cpu = Cpu::now(dev.pid());
             let (kura_store_fig, recorded) =
                 kura_ingest_phase(&client, &set, streams, args.plan).await?;
+            let kura_store_fig = kura_store_fig.with_cpu(cpu, Cpu::now(dev.pid()));
             let count = kura_store_fig.ops;
             let sent: Sent = Arc::new((0..count).map(|n| set.blake3(n)).collect());
             for (n, (hash, _)) in sent.iter().enumerate() {
@@ -1325,17 +1383,28 @@ async fn real_main() -> Result<(), String> {
                 }
             }
             eprintln!("  {count} stored; kura retrieve …");
-            let kura_read_fig = kura_retrieve_phase(&client, &set, &sent, streams).await?;
+            let cpu = Cpu::now(dev.pid());
+            let kura_read_fig = kura_retrieve_phase(&client, &set, &sent, streams)
+                .await?
+                .with_cpu(cpu, Cpu::now(dev.pid()));
             eprintln!("  ceiling write and read …");
             let dir = scratch.path().join(format!("ceiling-{cell}"));
-            let ceil_write = ceiling_write(&dir, &set, &sent, streams)?;
-            let ceil_read = ceiling_read(&dir, &sent, streams)?;
+            let cpu = Cpu::now(dev.pid());
+            let ceil_write =
+                ceiling_write(&dir, &set, &sent, streams)?.with_cpu(cpu, Cpu::now(dev.pid()));
+            let cpu = Cpu::now(dev.pid());
+            let ceil_read = ceiling_read(&dir, &sent, streams)?.with_cpu(cpu, Cpu::now(dev.pid()));
             let _ = std::fs::remove_dir_all(&dir);
             let (orth_store, orth_read) = match &args.orthanc {
                 Some(a) => {
                     eprintln!("  orthanc store and read …");
+                    let cpu = Cpu::now(dev.pid());
                     let (fig, ids) = orthanc_store_phase(a, &set, &sent, streams).await?;
-                    let read = orthanc_read_phase(a, &set, &sent, Arc::new(ids), streams).await?;
+                    let fig = fig.with_cpu(cpu, Cpu::now(dev.pid()));
+                    let cpu = Cpu::now(dev.pid());
+                    let read = orthanc_read_phase(a, &set, &sent, Arc::new(ids), streams)
+                        .await?
+                        .with_cpu(cpu, Cpu::now(dev.pid()));
                     (Some(fig), Some(read))
                 }
                 None => (None, None),
