@@ -269,12 +269,7 @@ impl DevCluster {
         // Storage nodes.
         let mut storage = Vec::new();
         for (s, listener) in layout.storage.iter().zip(storage_listeners) {
-            let mut sc = StoreConfig::new(s.id, config.data_dir.join(format!("store-{}", s.id)));
-            sc.capacity_bytes = config.node_capacity_bytes;
-            sc.meta_endpoints = meta_endpoints.clone();
-            sc.orphan_grace = config.orphan_grace;
-            sc.gc_interval = config.gc_interval;
-            sc.report_interval = config.report_interval;
+            let sc = store_config(&config, s.id, &meta_endpoints);
             let node = StorageNode::start(sc, listener)
                 .await
                 .map_err(|e| start_err(format!("storage node {}", s.id), e))?;
@@ -334,7 +329,7 @@ impl DevCluster {
 
     /// The data directory of storage node `id`.
     pub fn storage_dir(&self, id: u64) -> PathBuf {
-        self.config.data_dir.join(format!("store-{id}"))
+        storage_dir(&self.config, id)
     }
 
     /// Stops storage node `id` for real: its server and tasks end and its
@@ -361,12 +356,7 @@ impl DevCluster {
         }
         let port = self.layout.storage[i].port;
         let listener = bind(self.config.host, port, true).await?;
-        let mut sc = StoreConfig::new(id, self.storage_dir(id));
-        sc.capacity_bytes = self.config.node_capacity_bytes;
-        sc.meta_endpoints = self.meta_endpoints.clone();
-        sc.orphan_grace = self.config.orphan_grace;
-        sc.gc_interval = self.config.gc_interval;
-        sc.report_interval = self.config.report_interval;
+        let sc = store_config(&self.config, id, &self.meta_endpoints);
         let node = StorageNode::start(sc, listener)
             .await
             .map_err(|e| start_err(format!("storage node {id}"), e))?;
@@ -423,6 +413,22 @@ impl DevCluster {
             }
         }
     }
+}
+
+fn storage_dir(config: &DevConfig, id: u64) -> PathBuf {
+    config.data_dir.join(format!("store-{id}"))
+}
+
+/// How storage node `id` of this dev cluster is configured, at first
+/// start and at every restart alike.
+fn store_config(config: &DevConfig, id: u64, meta_endpoints: &[String]) -> StoreConfig {
+    let mut sc = StoreConfig::new(id, storage_dir(config, id));
+    sc.capacity_bytes = config.node_capacity_bytes;
+    sc.meta_endpoints = meta_endpoints.to_vec();
+    sc.orphan_grace = config.orphan_grace;
+    sc.gc_interval = config.gc_interval;
+    sc.report_interval = config.report_interval;
+    sc
 }
 
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
