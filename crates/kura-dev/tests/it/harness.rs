@@ -155,7 +155,10 @@ pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() 
 }
 
 pub fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../../shared/corpus")
 }
 
 /// (file name, accept?, SOP Instance UID) of every corpus file.

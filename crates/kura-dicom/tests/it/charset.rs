@@ -43,7 +43,10 @@ const NAMES: &[(&str, &str, &str)] = &[
 
 #[test]
 fn patient_names_decode_exactly() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/charset");
+    let dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/fixtures/charset");
     for (file, charset, name) in NAMES {
         let data = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let identity = read_identity(&data, true).unwrap_or_else(|e| panic!("{file}: {e}"));

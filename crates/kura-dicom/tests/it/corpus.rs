@@ -11,7 +11,10 @@ use kura_dicom::{DicomError, Identity, Summary, read_identity, validate};
 use proptest::prelude::*;
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../../shared/corpus")
 }
 
 #[derive(Debug, Clone)]

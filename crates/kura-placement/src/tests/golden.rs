@@ -130,7 +130,11 @@ fn from_hex(text: &str) -> Vec<u8> {
 /// Compares `actual` with a fixture, or writes it when blessing.
 fn check_fixture(name: &str, fixture: &str, actual: &str) {
     if std::env::var_os("KURA_BLESS_FIXTURES").is_some() {
-        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/{name}",
+            std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+        );
         std::fs::write(&path, actual).unwrap();
         return;
     }

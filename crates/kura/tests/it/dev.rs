@@ -134,7 +134,10 @@ fn write_large(path: &Path, s: &Synthetic, pixel_bytes: u32) {
 }
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../../shared/corpus")
 }
 
 const LARGE_PIXEL_BYTES: u32 = 200 * 1024 * 1024;
@@ -252,7 +255,10 @@ fn python_client(gateway: &str) {
         );
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../..");
     let out = Command::new(&python)
         .arg(root.join("crates/kura/tests/external/archive_client.py"))
         .args(["--endpoint", gateway, "--proto-root"])

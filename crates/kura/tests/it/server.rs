@@ -32,7 +32,10 @@ fn kura(args: &[&str]) -> Output {
 }
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../../shared/corpus")
 }
 
 fn write_config(dir: &Path) -> (PathBuf, String) {
