@@ -212,6 +212,43 @@ impl MetaServer {
                     self.reader.objects_referenced(&keys)?,
                 ))
             }
+            Query::ManifestsOnNode {
+                node,
+                after,
+                limit,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                let limit = limit.clamp(1, LIST_PAGE_MAX) as usize;
+                let (manifests, next) =
+                    self.reader
+                        .manifests_on_node(node, after.as_deref(), limit)?;
+                Ok(QueryResult::ManifestPage { manifests, next })
+            }
+            Query::Attention {
+                after,
+                limit,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                let limit = limit.clamp(1, LIST_PAGE_MAX) as usize;
+                let (manifests, next) = self.reader.attention(after.as_deref(), limit)?;
+                Ok(QueryResult::ManifestPage { manifests, next })
+            }
+            Query::Damaged {
+                after,
+                limit,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                let limit = limit.clamp(1, LIST_PAGE_MAX) as usize;
+                let (shards, next) = self.reader.damaged(after.as_ref(), limit)?;
+                Ok(QueryResult::DamagedPage { shards, next })
+            }
+            Query::HolderNodes { consistency } => {
+                self.consistent(consistency).await?;
+                Ok(QueryResult::HolderNodes(self.reader.holder_nodes()?))
+            }
             Query::CountManifests { consistency } => {
                 self.consistent(consistency).await?;
                 let c = self.reader.counts()?;

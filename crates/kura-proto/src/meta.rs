@@ -67,8 +67,10 @@ pub enum Command {
     InitCluster { map: ClusterMap, profile: EcParams },
     /// Add a storage node, or update the address/capacity of a known one.
     UpsertNode(NodeInfo),
-    /// Forget a storage node.
-    RemoveNode { id: NodeId },
+    /// Forget a storage node. Refused while manifests still name it as a
+    /// holder (drain it first), unless `force`: then its shards count as
+    /// gone and repair rebuilds them elsewhere.
+    RemoveNode { id: NodeId, force: bool },
     /// Change a storage node's state (failure detection, drain).
     SetNodeState { id: NodeId, state: NodeState },
     /// A storage node's capacity report.
@@ -79,7 +81,26 @@ pub enum Command {
     },
     /// The erasure profile for new writes.
     SetProfile(EcParams),
+    /// A storage node found these of its shards damaged (failed a check on
+    /// read or scrub) and quarantined them: repair rebuilds them. Recording
+    /// one twice is a no-op.
+    ReportDamaged { shards: Vec<DamagedShard> },
+    /// Repair rebuilt these damaged shards (or found them no longer
+    /// referenced): forget them.
+    ClearDamaged { shards: Vec<DamagedShard> },
 }
+
+/// One damaged shard on one storage node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DamagedShard {
+    pub node: NodeId,
+    pub object_key: [u8; 32],
+    pub segment: u32,
+    pub index: u8,
+}
+
+/// The most damaged shards one report or clear may carry.
+pub const DAMAGED_SHARDS_MAX: usize = 4096;
 
 impl Command {
     /// A short name for logs and metrics (never carries patient data).
@@ -94,6 +115,8 @@ impl Command {
             Command::SetNodeState { .. } => "set_node_state",
             Command::ReportUsage { .. } => "report_usage",
             Command::SetProfile(_) => "set_profile",
+            Command::ReportDamaged { .. } => "report_damaged",
+            Command::ClearDamaged { .. } => "clear_damaged",
         }
     }
 
@@ -129,6 +152,15 @@ impl Command {
                 Ok(())
             }
             Command::SetProfile(p) => p.validate().map_err(|e| e.to_string()),
+            Command::ReportDamaged { shards } | Command::ClearDamaged { shards } => {
+                if shards.is_empty() || shards.len() > DAMAGED_SHARDS_MAX {
+                    return Err(format!(
+                        "a damage report carries 1 to {DAMAGED_SHARDS_MAX} shards, not {}",
+                        shards.len()
+                    ));
+                }
+                Ok(())
+            }
             Command::RemoveNode { .. }
             | Command::SetNodeState { .. }
             | Command::ReportUsage { .. } => Ok(()),
@@ -180,6 +212,8 @@ pub enum Applied {
     MapChanged { epoch: u64 },
     /// The erasure profile for new writes changed.
     ProfileSet,
+    /// Damaged shards recorded or cleared (how many the command named).
+    DamageRecorded { shards: u64 },
 }
 
 /// A command the state machine refused; nothing changed.
@@ -246,6 +280,34 @@ pub enum Query {
         keys: Vec<[u8; 32]>,
         consistency: Consistency,
     },
+    /// One page of the manifests that name `node` as a shard holder, most
+    /// recently stored first, starting after cursor `after` (an opaque key
+    /// from the previous page). Repair and drain walk these.
+    ManifestsOnNode {
+        node: NodeId,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        consistency: Consistency,
+    },
+    /// One page of the manifests that need attention whatever the map
+    /// says: stored under-protected, or with an unplaced shard. Most
+    /// recently stored first.
+    Attention {
+        after: Option<Vec<u8>>,
+        limit: u32,
+        consistency: Consistency,
+    },
+    /// One page of the damaged shards storage nodes reported, each with the
+    /// manifest that references its object (if any).
+    Damaged {
+        after: Option<DamagedShard>,
+        limit: u32,
+        consistency: Consistency,
+    },
+    /// Every node id some manifest names as a holder, with or without a
+    /// place in the map (a node removed by force still holds until repair
+    /// has moved its shards).
+    HolderNodes { consistency: Consistency },
 }
 
 /// The answer to a [`Query`].
@@ -267,6 +329,16 @@ pub enum QueryResult {
     },
     /// One answer per asked key, in order.
     ObjectsReferenced(Vec<bool>),
+    ManifestPage {
+        manifests: Vec<Manifest>,
+        /// Pass as `after` for the next page; `None` when this is the last.
+        next: Option<Vec<u8>>,
+    },
+    DamagedPage {
+        shards: Vec<(DamagedShard, Option<Manifest>)>,
+        next: Option<DamagedShard>,
+    },
+    HolderNodes(Vec<NodeId>),
 }
 
 /// A voter of the metadata cluster: its Raft id and the address of its

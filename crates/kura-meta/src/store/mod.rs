@@ -40,10 +40,27 @@ pub(crate) const CF_STUDY: &str = "study";
 /// Object key -> manifest key: which object keys a manifest references, so
 /// storage nodes can tell orphan shards (a failed store's) from live ones.
 pub(crate) const CF_OBJECTS: &str = "objects";
+/// Node id (8, BE) ++ recency (8) ++ manifest key -> (): the manifests that
+/// name a node as a holder, newest first (repair, drain, remove-node).
+pub(crate) const CF_HOLDERS: &str = "holders";
+/// Recency (8) ++ manifest key -> (): manifests stored under-protected or
+/// with an unplaced shard, newest first (repair's standing work).
+pub(crate) const CF_ATTENTION: &str = "attention";
+/// Node id (8) ++ object key (32) ++ segment (4) ++ index (1) -> (): shards
+/// storage nodes reported damaged, until repair rebuilds them.
+pub(crate) const CF_DAMAGED: &str = "damaged";
 
 /// The state machine's column families, in snapshot tag order (tag = index
 /// + 1). A snapshot carries exactly these.
-pub(crate) const SM_CFS: [&str; 4] = [CF_SM, CF_MANIFESTS, CF_STUDY, CF_OBJECTS];
+pub(crate) const SM_CFS: [&str; 7] = [
+    CF_SM,
+    CF_MANIFESTS,
+    CF_STUDY,
+    CF_OBJECTS,
+    CF_HOLDERS,
+    CF_ATTENTION,
+    CF_DAMAGED,
+];
 
 /// Opens (or creates) the database of a metadata node.
 pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
@@ -53,8 +70,9 @@ pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // Metadata is small and hot; keep files few and compaction cheap.
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(4);
-    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_MANIFESTS, CF_STUDY, CF_OBJECTS]
+    let cfs = [CF_LOG, CF_RAFT]
         .into_iter()
+        .chain(SM_CFS)
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kura_erasure::EcParams;
-use kura_placement::{ClusterMap, Manifest, Protection};
+use kura_placement::{ClusterMap, Manifest, NodeId, Protection};
 use kura_proto::codec;
-use kura_proto::meta::{Applied, Command, CommandResult, Rejected};
+use kura_proto::meta::{Applied, Command, CommandResult, DamagedShard, Rejected};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot;
 use super::{
-    CF_MANIFESTS, CF_OBJECTS, CF_RAFT, CF_SM, CF_STUDY, StoreFault, cf, io_err, read_err,
-    sync_write_opts, write_err,
+    CF_ATTENTION, CF_DAMAGED, CF_HOLDERS, CF_MANIFESTS, CF_OBJECTS, CF_RAFT, CF_SM, CF_STUDY,
+    StoreFault, cf, io_err, read_err, sync_write_opts, write_err,
 };
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -77,9 +77,87 @@ fn study_key(m: &Manifest) -> Vec<u8> {
     k
 }
 
+/// Newest first: the bytes of `u64::MAX - stored_at` sort a recently
+/// stored manifest before an older one.
+fn recency(m: &Manifest) -> [u8; 8] {
+    (u64::MAX - u64::try_from(m.stored_at_unix_ms).unwrap_or(0)).to_be_bytes()
+}
+
+fn holders_key(node: NodeId, m: &Manifest) -> Vec<u8> {
+    let mut k = node.to_be_bytes().to_vec();
+    k.extend_from_slice(&recency(m));
+    k.extend_from_slice(&manifest_key(&m.tenant, &m.sop_instance_uid));
+    k
+}
+
+fn attention_key(m: &Manifest) -> Vec<u8> {
+    let mut k = recency(m).to_vec();
+    k.extend_from_slice(&manifest_key(&m.tenant, &m.sop_instance_uid));
+    k
+}
+
+fn damaged_key(d: &DamagedShard) -> Vec<u8> {
+    let mut k = Vec::with_capacity(45);
+    k.extend_from_slice(&d.node.to_be_bytes());
+    k.extend_from_slice(&d.object_key);
+    k.extend_from_slice(&d.segment.to_be_bytes());
+    k.push(d.index);
+    k
+}
+
+fn damaged_from_key(k: &[u8]) -> Option<DamagedShard> {
+    if k.len() != 45 {
+        return None;
+    }
+    Some(DamagedShard {
+        node: u64::from_be_bytes(k[0..8].try_into().ok()?),
+        object_key: k[8..40].try_into().ok()?,
+        segment: u32::from_be_bytes(k[40..44].try_into().ok()?),
+        index: k[44],
+    })
+}
+
+/// Stored under-protected or with an unplaced shard: repair has work here
+/// whatever the map says.
+fn needs_attention(m: &Manifest) -> bool {
+    m.protection != Protection::Full
+        || m.segments
+            .iter()
+            .any(|s| s.shards.iter().any(|sh| sh.node.is_none()))
+}
+
+fn holder_ids(m: &Manifest) -> std::collections::BTreeSet<NodeId> {
+    m.segments
+        .iter()
+        .flat_map(|s| s.shards.iter().filter_map(|sh| sh.node))
+        .collect()
+}
+
+/// Keeps the holder and attention indexes of one manifest in step with it.
+fn reindex(txn: &mut Txn<'_>, old: Option<&Manifest>, new: &Manifest) {
+    let new_holders = holder_ids(new);
+    if let Some(old) = old {
+        for id in holder_ids(old).difference(&new_holders) {
+            txn.delete(CF_HOLDERS, holders_key(*id, old));
+        }
+        if needs_attention(old) && !needs_attention(new) {
+            txn.delete(CF_ATTENTION, attention_key(old));
+        }
+    }
+    for id in new_holders {
+        txn.put_raw(CF_HOLDERS, holders_key(id, new), Vec::new());
+    }
+    if needs_attention(new) {
+        txn.put_raw(CF_ATTENTION, attention_key(new), Vec::new());
+    }
+}
+
 /// One page of a study listing: the manifests, and the (series, SOP
 /// Instance UID) cursor of the next page when more may follow.
 pub type StudyPage = (Vec<Manifest>, Option<(String, String)>);
+
+/// One page of damaged shards with their manifests, and the next cursor.
+pub type DamagedPage = (Vec<(DamagedShard, Option<Manifest>)>, Option<DamagedShard>);
 
 /// Read access to a node's applied state, for queries served outside
 /// openraft. Cheap to clone.
@@ -129,6 +207,148 @@ impl StateReader {
     /// The last applied log id.
     pub fn applied(&self) -> Result<Option<LogId>, StorageError> {
         Ok(self.get::<Option<LogId>>(CF_SM, KEY_APPLIED)?.flatten())
+    }
+
+    /// Manifests by their keys, in order (a missing one is an index fault).
+    fn manifests_by_key(&self, keys: &[Vec<u8>]) -> Result<Vec<Manifest>, StorageError> {
+        let h_man = cf(&self.db, CF_MANIFESTS)?;
+        let mut manifests = Vec::with_capacity(keys.len());
+        for got in self.db.batched_multi_get_cf(h_man, keys, false) {
+            match got.map_err(read_err)? {
+                Some(bytes) => manifests.push(codec::decode(&bytes).map_err(read_err)?),
+                None => return Err(read_err("an index names a manifest that is missing")),
+            }
+        }
+        Ok(manifests)
+    }
+
+    /// One page of an index whose keys are `prefix ++ recency (8) ++
+    /// manifest key`: the manifests, and the cursor of the next page.
+    fn recency_page(
+        &self,
+        cf_name: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Manifest>, Option<Vec<u8>>), StorageError> {
+        let h = cf(&self.db, cf_name)?;
+        let mut start = prefix.to_vec();
+        if let Some(after) = after.filter(|a| a.starts_with(prefix)) {
+            start = after.to_vec();
+            start.push(0);
+        }
+        let mut keys = Vec::new();
+        let mut cursors = Vec::new();
+        let mut next = None;
+        for item in self
+            .db
+            .iterator_cf(h, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, _) = item.map_err(read_err)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if keys.len() == limit {
+                next = cursors.last().cloned();
+                break;
+            }
+            let Some(mkey) = key.get(prefix.len() + 8..) else {
+                return Err(read_err("short index key"));
+            };
+            keys.push(mkey.to_vec());
+            cursors.push(key.to_vec());
+        }
+        Ok((self.manifests_by_key(&keys)?, next))
+    }
+
+    /// Manifests naming `node` as a holder, newest first.
+    pub fn manifests_on_node(
+        &self,
+        node: NodeId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Manifest>, Option<Vec<u8>>), StorageError> {
+        self.recency_page(CF_HOLDERS, &node.to_be_bytes(), after, limit)
+    }
+
+    /// Manifests stored under-protected or with an unplaced shard, newest
+    /// first.
+    pub fn attention(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Manifest>, Option<Vec<u8>>), StorageError> {
+        self.recency_page(CF_ATTENTION, &[], after, limit)
+    }
+
+    /// Whether any manifest names `node` as a holder.
+    pub fn node_holds_shards(&self, node: NodeId) -> Result<bool, StorageError> {
+        Ok(!self.manifests_on_node(node, None, 1)?.0.is_empty())
+    }
+
+    /// Every node id named as a holder (a skip scan: one seek per node).
+    pub fn holder_nodes(&self) -> Result<Vec<NodeId>, StorageError> {
+        let h = cf(&self.db, CF_HOLDERS)?;
+        let mut out = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let start = from.to_be_bytes();
+            let Some(item) = self
+                .db
+                .iterator_cf(h, IteratorMode::From(&start, Direction::Forward))
+                .next()
+            else {
+                break;
+            };
+            let (key, _) = item.map_err(read_err)?;
+            let Some(id) = key.get(..8).and_then(|b| b.try_into().ok()) else {
+                return Err(read_err("short holders key"));
+            };
+            let id = u64::from_be_bytes(id);
+            out.push(id);
+            match id.checked_add(1) {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of reported damaged shards, each with the manifest that
+    /// references its object, if any.
+    pub fn damaged(
+        &self,
+        after: Option<&DamagedShard>,
+        limit: usize,
+    ) -> Result<DamagedPage, StorageError> {
+        let h = cf(&self.db, CF_DAMAGED)?;
+        let h_obj = cf(&self.db, CF_OBJECTS)?;
+        let mut start = Vec::new();
+        if let Some(a) = after {
+            start = damaged_key(a);
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        let mut next = None;
+        for item in self
+            .db
+            .iterator_cf(h, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, _) = item.map_err(read_err)?;
+            let Some(d) = damaged_from_key(&key) else {
+                return Err(read_err("malformed damaged-shard key"));
+            };
+            if out.len() == limit {
+                next = out.last().map(|(d, _): &(DamagedShard, _)| *d);
+                break;
+            }
+            let manifest = match self.db.get_cf(h_obj, d.object_key).map_err(read_err)? {
+                Some(mkey) => self.manifests_by_key(&[mkey])?.pop(),
+                None => None,
+            };
+            out.push((d, manifest));
+        }
+        Ok((out, next))
     }
 
     /// One page of a study's manifests in (series, SOP Instance UID) order,
@@ -184,19 +404,11 @@ impl StateReader {
                 String::from_utf8_lossy(uid).into_owned(),
             ));
         }
-        let h_man = cf(&self.db, CF_MANIFESTS)?;
         let lookups: Vec<Vec<u8>> = keys
             .iter()
             .map(|(_, uid)| manifest_key(tenant, uid))
             .collect();
-        let mut manifests = Vec::with_capacity(keys.len());
-        for got in self.db.batched_multi_get_cf(h_man, &lookups, false) {
-            match got.map_err(read_err)? {
-                Some(bytes) => manifests.push(codec::decode(&bytes).map_err(read_err)?),
-                None => return Err(read_err("study index names a manifest that is missing")),
-            }
-        }
-        Ok((manifests, next))
+        Ok((self.manifests_by_key(&lookups)?, next))
     }
 }
 
@@ -313,6 +525,40 @@ impl<'a> Txn<'a> {
         self.writes.insert((cf_name, key), Some(value));
     }
 
+    fn delete(&mut self, cf_name: &'static str, key: Vec<u8>) {
+        self.writes.insert((cf_name, key), None);
+    }
+
+    /// Whether any key starting with `prefix` exists, pending writes of
+    /// this transaction included.
+    fn any_with_prefix(&self, cf_name: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
+        let pending = self
+            .writes
+            .range((cf_name, prefix.to_vec())..)
+            .take_while(|((c, k), _)| *c == cf_name && k.starts_with(prefix));
+        let mut deleted = std::collections::BTreeSet::new();
+        for ((_, k), v) in pending {
+            if v.is_some() {
+                return Ok(true);
+            }
+            deleted.insert(k.clone());
+        }
+        let h = cf(self.db, cf_name)?;
+        for item in self
+            .db
+            .iterator_cf(h, IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (key, _) = item.map_err(read_err)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if !deleted.contains(key.as_ref()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn commit(self) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         for ((cf_name, key), value) in self.writes {
@@ -355,6 +601,7 @@ fn put_manifest(txn: &mut Txn<'_>, mut m: Manifest) -> Result<CommandResult, Sto
     txn.put(CF_SM, KEY_COUNTS.to_vec(), &counts)?;
     txn.put_raw(CF_STUDY, study_key(&m), Vec::new());
     txn.put_raw(CF_OBJECTS, m.object_key.to_vec(), key.clone());
+    reindex(txn, None, &m);
     txn.put(CF_MANIFESTS, key, &m)?;
     Ok(Ok(Applied::ManifestCreated { version: 1 }))
 }
@@ -418,6 +665,7 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
                 txn.put(CF_SM, KEY_COUNTS.to_vec(), &counts)?;
             }
             let version = manifest.version;
+            reindex(txn, Some(&existing), &manifest);
             txn.put(CF_MANIFESTS, key, &manifest)?;
             Ok(Ok(Applied::ManifestUpdated { version }))
         }
@@ -437,6 +685,30 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
         Command::SetProfile(profile) => {
             txn.put(CF_SM, KEY_PROFILE.to_vec(), &profile)?;
             Ok(Ok(Applied::ProfileSet))
+        }
+        Command::ReportDamaged { shards } => {
+            for d in &shards {
+                txn.put_raw(CF_DAMAGED, damaged_key(d), Vec::new());
+            }
+            Ok(Ok(Applied::DamageRecorded {
+                shards: shards.len() as u64,
+            }))
+        }
+        Command::ClearDamaged { shards } => {
+            for d in &shards {
+                txn.delete(CF_DAMAGED, damaged_key(d));
+            }
+            Ok(Ok(Applied::DamageRecorded {
+                shards: shards.len() as u64,
+            }))
+        }
+        Command::RemoveNode { id, force: false }
+            if txn.any_with_prefix(CF_HOLDERS, &id.to_be_bytes())? =>
+        {
+            Ok(Err(Rejected::Invalid(format!(
+                "storage node {id} still holds shards that manifests reference: drain it first \
+                 (or force the removal, and repair rebuilds its shards from the others)"
+            ))))
         }
         cmd @ (Command::UpsertNode(_)
         | Command::RemoveNode { .. }
@@ -483,7 +755,7 @@ fn change_map(map: &mut ClusterMap, cmd: Command) -> CommandResult {
             map.nodes.insert(info.id, info);
             map.epoch += 1;
         }
-        Command::RemoveNode { id } => {
+        Command::RemoveNode { id, .. } => {
             if map.nodes.remove(&id).is_none() {
                 return Err(Rejected::NotFound(format!("storage node {id}")));
             }

@@ -9,7 +9,7 @@
 //! Format (version 1, little-endian):
 //! ```text
 //! magic "KURASNAP" | version u16 | meta_len u32 | meta (codec SnapshotMeta)
-//! records: tag u8 (1..=3: column family in SM_CFS order) | key_len u32 | key | val_len u32 | val
+//! records: tag u8 (1..=N: column family in SM_CFS order) | key_len u32 | key | val_len u32 | val
 //! end:     tag 0 | blake3 (32 bytes) of every byte before the tag
 //! ```
 //! Installing verifies the checksum over the whole file before it touches
