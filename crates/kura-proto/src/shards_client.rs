@@ -455,6 +455,25 @@ impl ShardsClient {
         ShardInfo::try_from(&info).map_err(protocol)
     }
 
+    /// Asks the node to rebuild shards of one segment onto itself from the
+    /// listed sources (see the `RebuildShards` RPC). `timeout` bounds the
+    /// whole call: a rebuild reads up to k shards before it writes.
+    pub async fn rebuild_shards(
+        &self,
+        request: pb::RebuildShardsRequest,
+        timeout: Duration,
+    ) -> Result<pb::RebuildShardsResponse, ShardsClientError> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
+        let mut grpc = self.grpc.clone();
+        Ok(
+            tokio::time::timeout(timeout, async move { grpc.rebuild_shards(request).await })
+                .await
+                .map_err(|_| ShardsClientError::Timeout(timeout))??
+                .into_inner(),
+        )
+    }
+
     /// Removes a shard; answers whether the node held it.
     pub async fn delete_shard(&self, id: &ShardId) -> Result<bool, ShardsClientError> {
         let mut request = tonic::Request::new(pb::DeleteShardRequest {

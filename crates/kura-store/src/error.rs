@@ -49,6 +49,10 @@ pub enum StoreError {
         capacity: u64,
         disk_full: bool,
     },
+    /// A rebuild found too few good shards among its sources; nothing was
+    /// stored.
+    #[error("cannot rebuild: {0}")]
+    SourcesShort(String),
     /// The node is stopping and takes no new requests.
     #[error("storage node is shutting down")]
     ShuttingDown,
@@ -100,6 +104,7 @@ impl From<StoreError> for tonic::Status {
             StoreError::Corrupt { .. } => tonic::Status::data_loss(msg),
             StoreError::Full { .. } => tonic::Status::resource_exhausted(msg),
             StoreError::ShuttingDown => tonic::Status::unavailable(msg),
+            StoreError::SourcesShort(_) => tonic::Status::failed_precondition(msg),
             StoreError::Io { .. } | StoreError::Index(_) | StoreError::Internal(_) => {
                 tonic::Status::internal(msg)
             }

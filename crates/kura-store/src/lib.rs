@@ -83,6 +83,7 @@ pub mod error;
 pub mod gc;
 mod index;
 pub mod node;
+pub mod rebuild;
 mod report;
 pub mod scrub;
 pub mod service;

@@ -1,6 +1,8 @@
 //! Capacity and health reports to the metadata cluster: every interval the
 //! node proposes `Command::ReportUsage` with its used bytes and capacity.
-//! A report arriving is also the node's sign of life.
+//! A report arriving is also the node's sign of life. Shards the node
+//! quarantined since the last report (on read or scrub) go out right after
+//! it as `Command::ReportDamaged`, so repair rebuilds them.
 //!
 //! Reporting never stops the node: an unreachable cluster, or one that does
 //! not know this node yet (the operator adds it to the map later), is
@@ -9,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kura_proto::meta::{Command, Rejected};
+use kura_proto::meta::{Command, DAMAGED_SHARDS_MAX, DamagedShard, Rejected};
 use kura_proto::meta_client::{MetaClient, MetaClientError, Retry};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -96,6 +98,41 @@ pub(crate) fn spawn(
                     );
                 }
                 Some(why) => tracing::debug!(node = node_id, why, "usage report not accepted"),
+            }
+            let damage = store.take_unreported_damage(DAMAGED_SHARDS_MAX);
+            if damage.is_empty() {
+                continue;
+            }
+            let command = Command::ReportDamaged {
+                shards: damage
+                    .iter()
+                    .map(|id| DamagedShard {
+                        node: node_id,
+                        object_key: id.object_key,
+                        segment: id.segment,
+                        index: id.index,
+                    })
+                    .collect(),
+            };
+            let outcome = tokio::select! {
+                _ = &mut stop => { store.unreported(damage); break }
+                r = client.propose(&command, Retry::Idempotent) => r,
+            };
+            match refusal(outcome) {
+                None => tracing::info!(
+                    node = node_id,
+                    shards = damage.len(),
+                    "damaged shards reported for repair"
+                ),
+                Some(why) => {
+                    tracing::warn!(
+                        node = node_id,
+                        shards = damage.len(),
+                        why,
+                        "damage report not accepted; retrying"
+                    );
+                    store.unreported(damage);
+                }
             }
         }
     })

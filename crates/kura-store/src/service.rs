@@ -4,15 +4,16 @@
 //! shard bytes buffered by all requests together with a byte budget, and
 //! runs every disk operation (and every hash) on the blocking pool.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use kura_erasure::SHARD_HEADER_BYTES;
 use kura_proto::shards_client::{
-    CHUNK_BYTES_MAX, SHARD_BYTES_MAX, ShardId, blake3_field, required_id,
+    CHUNK_BYTES_MAX, SHARD_BYTES_MAX, ShardId, ShardsClient, blake3_field, required_id,
 };
 use kura_proto::v1::internal as pb;
 use kura_proto::v1::internal::shards_server::Shards;
@@ -52,6 +53,8 @@ struct Shared {
     /// shards are 64 KiB or 64 MiB.
     budget: Arc<Semaphore>,
     budget_units: u32,
+    /// Clients of other nodes, for rebuilds (keyed by address).
+    peers: Mutex<HashMap<String, ShardsClient>>,
 }
 
 impl ShardsService {
@@ -72,6 +75,7 @@ impl ShardsService {
                 closing: AtomicBool::new(false),
                 budget: Arc::new(Semaphore::new(budget_units as usize)),
                 budget_units,
+                peers: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -90,8 +94,15 @@ impl ShardsService {
         Ok(())
     }
 
+    pub(crate) fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, ShardsClient>> {
+        self.shared
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Waits until `length` bytes of buffer are free and takes them.
-    async fn buffer(&self, length: u64) -> Result<OwnedSemaphorePermit, StoreError> {
+    pub(crate) async fn buffer(&self, length: u64) -> Result<OwnedSemaphorePermit, StoreError> {
         self.check_open()?;
         let units = length
             .div_ceil(BUFFER_UNIT_BYTES)
@@ -104,7 +115,7 @@ impl ShardsService {
     }
 
     /// Runs `f` on the blocking pool: every store call touches the disk.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&ShardStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -348,6 +359,19 @@ impl Shards for ShardsService {
             Ok(Box::pin(stream) as Self::ListShardsStream)
         };
         run.await.map(Response::new).map_err(|e| reply("list", e))
+    }
+
+    async fn rebuild_shards(
+        &self,
+        request: Request<pb::RebuildShardsRequest>,
+    ) -> Result<Response<pb::RebuildShardsResponse>, Status> {
+        let run = async {
+            self.check_open()?;
+            self.rebuild(request.into_inner()).await
+        };
+        run.await
+            .map(Response::new)
+            .map_err(|e| reply("rebuild", e))
     }
 
     async fn node_status(

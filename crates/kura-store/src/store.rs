@@ -92,6 +92,9 @@ struct Usage {
     /// Bytes of puts in progress, counted against the capacity so that
     /// concurrent puts cannot together overshoot it.
     reserved_bytes: u64,
+    /// Quarantined shards not yet reported to the metadata cluster (all of
+    /// them after a restart: reporting one twice is harmless).
+    unreported_damage: Vec<ShardId>,
 }
 
 /// The shard store of one node. Share it with `Arc`; dropping the last
@@ -145,6 +148,20 @@ impl ShardStore {
         store.check_format()?;
         store.rebuild_usage()?;
         Ok(store)
+    }
+
+    /// Takes up to `max` quarantined shards that the metadata cluster has not
+    /// been told about; give them back with [`ShardStore::unreported`] if
+    /// the report fails.
+    pub fn take_unreported_damage(&self, max: usize) -> Vec<ShardId> {
+        let mut usage = self.usage();
+        let n = usage.unreported_damage.len().min(max);
+        usage.unreported_damage.drain(..n).collect()
+    }
+
+    /// Puts back damage reports that did not reach the metadata cluster.
+    pub fn unreported(&self, ids: Vec<ShardId>) {
+        self.usage().unreported_damage.extend(ids);
     }
 
     /// The directory the store lives in.
@@ -639,7 +656,11 @@ impl ShardStore {
             }
         }
         self.put_entry(id, &corrupt)?;
-        self.usage().corrupt_count += 1;
+        {
+            let mut usage = self.usage();
+            usage.corrupt_count += 1;
+            usage.unreported_damage.push(*id);
+        }
         tracing::error!(
             shard = %id,
             length = entry.length,
@@ -682,6 +703,9 @@ impl ShardStore {
             usage.shard_count += 1;
             if entry.state == ShardState::Corrupt {
                 usage.corrupt_count += 1;
+                if let Some(id) = index::id_of_key(&k) {
+                    usage.unreported_damage.push(id);
+                }
             }
             generation_max = generation_max.max(entry.generation);
         }
