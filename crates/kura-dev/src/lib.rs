@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kura_erasure::EcParams;
-use kura_gateway::{Gateway, GatewayConfig};
+use kura_gateway::{Gateway, GatewayConfig, RepairConfig};
 use kura_meta::service::ServiceTimeouts;
 use kura_meta::{MetaConfig, MetaNode, RaftTimings};
 use kura_placement::{ClusterMap, NodeInfo, NodeState, Site};
@@ -63,6 +63,8 @@ pub struct DevConfig {
     pub report_interval: Duration,
     /// Metadata service timeouts, failure detection included.
     pub meta_timeouts: ServiceTimeouts,
+    /// The gateway's repair loop; `None` turns repair off.
+    pub repair: Option<RepairConfig>,
 }
 
 impl DevConfig {
@@ -80,6 +82,7 @@ impl DevConfig {
             gc_interval: kura_store::gc::GC_INTERVAL_DEFAULT,
             timings: RaftTimings::default(),
             report_interval: kura_store::node::REPORT_INTERVAL_DEFAULT,
+            repair: Some(RepairConfig::default()),
             meta_timeouts: ServiceTimeouts::default(),
         }
     }
@@ -281,6 +284,7 @@ impl DevCluster {
         let mut gc = GatewayConfig::new(meta_endpoints.clone());
         // Orphan reclaim must never race a live store.
         gc.store_deadline = gc.store_deadline.min(config.orphan_grace / 2);
+        gc.repair = config.repair.clone();
         let gateway = Gateway::start(gc, gateway_listener, ops_listener)
             .await
             .map_err(|e| start_err("gateway", e))?;
@@ -300,6 +304,11 @@ impl DevCluster {
     }
 
     /// The gateway's ops (HTTP) address.
+    /// The gateway's repair loop, when it runs.
+    pub fn repair(&self) -> Option<kura_gateway::RepairHandle> {
+        self.gateway.as_ref().and_then(Gateway::repair)
+    }
+
     pub fn ops_addr(&self) -> Option<SocketAddr> {
         self.gateway.as_ref().and_then(Gateway::ops_addr)
     }

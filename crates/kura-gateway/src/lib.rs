@@ -17,9 +17,11 @@ pub mod error;
 pub mod info;
 pub mod ingest;
 pub mod ops;
+pub mod repair;
 pub mod retrieve;
 pub mod server;
 pub mod service;
 
 pub use error::GatewayError;
+pub use repair::{RepairConfig, RepairHandle, RepairStatus};
 pub use server::{Gateway, GatewayConfig};

@@ -51,6 +51,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/repair", get(repair))
         .with_state(inner)
 }
 
@@ -61,6 +62,20 @@ async fn ready(State(inner): State<Arc<Inner>>) -> (StatusCode, String) {
             format!("ready: cluster map epoch {}\n", s.map.epoch),
         ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    }
+}
+
+/// The repair loop's status as JSON (404 when repair runs elsewhere).
+async fn repair(State(inner): State<Arc<Inner>>) -> (StatusCode, String) {
+    match inner.repair.get() {
+        Some(h) => match serde_json::to_string_pretty(&h.status()) {
+            Ok(json) => (StatusCode::OK, json + "\n"),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        None => (
+            StatusCode::NOT_FOUND,
+            "repair does not run in this gateway\n".into(),
+        ),
     }
 }
 

@@ -140,8 +140,30 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
 /// A fetch's outcome: the shard index, its holder, the bytes or why not.
 type Fetch = (u8, u64, Result<Bytes, String>);
 
-/// Reads segment `index` of `manifest`: its object bytes.
+/// Reads segment `index` of `manifest`: its object bytes. When too few
+/// holders answer, the cluster map may be stale (a node came back, or went
+/// down, since it was fetched): the read is tried once more with a fresh
+/// map if its epoch moved.
 pub(crate) async fn read_segment(
+    gw: &Arc<Inner>,
+    state: &Arc<ClusterState>,
+    manifest: &Manifest,
+    index: usize,
+) -> Result<Bytes, GatewayError> {
+    match read_segment_with(gw, state, manifest, index).await {
+        Err(GatewayError::Unavailable(why)) => {
+            gw.cluster.invalidate().await;
+            let fresh = gw.cluster.state().await?;
+            if fresh.map.epoch == state.map.epoch {
+                return Err(GatewayError::Unavailable(why));
+            }
+            read_segment_with(gw, &fresh, manifest, index).await
+        }
+        other => other,
+    }
+}
+
+async fn read_segment_with(
     gw: &Arc<Inner>,
     state: &Arc<ClusterState>,
     manifest: &Manifest,

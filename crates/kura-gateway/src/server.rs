@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
 
 use crate::cluster::ClusterView;
+use crate::repair::{RepairConfig, RepairHandle, Repairer};
 use crate::service::ArchiveService;
 
 /// Largest gRPC message accepted or sent: a 4 MiB chunk plus framing.
@@ -38,6 +39,8 @@ pub struct GatewayConfig {
     pub shard_call_timeout: Duration,
     /// How long a fetched cluster map is used before it is fetched again.
     pub map_refresh: Duration,
+    /// Run the repair loop in this gateway (`None`: another gateway does).
+    pub repair: Option<RepairConfig>,
 }
 
 impl GatewayConfig {
@@ -50,6 +53,7 @@ impl GatewayConfig {
             connect_timeout: Duration::from_secs(2),
             shard_call_timeout: Duration::from_secs(30),
             map_refresh: Duration::from_secs(2),
+            repair: Some(RepairConfig::default()),
         }
     }
 }
@@ -58,6 +62,8 @@ impl GatewayConfig {
 pub(crate) struct Inner {
     pub(crate) config: GatewayConfig,
     pub(crate) cluster: ClusterView,
+    /// Set once the repair loop runs here.
+    pub(crate) repair: std::sync::OnceLock<RepairHandle>,
 }
 
 /// A running gateway.
@@ -66,6 +72,7 @@ pub struct Gateway {
     ops_addr: Option<SocketAddr>,
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
+    repairer: Option<Repairer>,
 }
 
 impl Gateway {
@@ -89,7 +96,16 @@ impl Gateway {
                 config.shard_call_timeout,
             ),
             config,
+            repair: std::sync::OnceLock::new(),
         });
+        let repairer = inner
+            .config
+            .repair
+            .clone()
+            .map(|rc| Repairer::start(Arc::clone(&inner), rc));
+        if let Some(r) = &repairer {
+            let _ = inner.repair.set(r.handle());
+        }
         let archive = ArchiveServer::new(ArchiveService {
             inner: Arc::clone(&inner),
         })
@@ -152,12 +168,18 @@ impl Gateway {
             ops_addr,
             stop,
             tasks,
+            repairer,
         })
     }
 
     /// The gRPC address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The repair loop's handle, when it runs in this gateway.
+    pub fn repair(&self) -> Option<RepairHandle> {
+        self.repairer.as_ref().map(Repairer::handle)
     }
 
     /// The ops (HTTP) address, if served.
@@ -167,6 +189,9 @@ impl Gateway {
 
     /// Stops accepting calls; running ones get [`SHUTDOWN_GRACE`].
     pub async fn shutdown(mut self) {
+        if let Some(r) = self.repairer.take() {
+            r.stop();
+        }
         for tx in self.stop.drain(..) {
             let _ = tx.send(());
         }

@@ -7,3 +7,4 @@ mod degraded;
 mod harness;
 mod liveness;
 mod ops;
+mod repair;

@@ -1,0 +1,347 @@
+//! Repair: lost nodes rebuilt elsewhere (newest first, same-site reads
+//! preferred, resumed after a restart), damaged shards rewritten in place,
+//! under-protected writes re-protected once their site returns.
+
+use std::time::Duration;
+
+use kura_dicom::synthetic::{Synthetic, instance as synthetic, uid};
+use kura_gateway::RepairConfig;
+use kura_placement::{Manifest, NodeState, Protection};
+use kura_proto::meta::{Consistency, Query, QueryResult};
+use kura_proto::meta_client::MetaClient;
+use kura_proto::shards_client::{ShardId, ShardsClient};
+
+use crate::harness::{Cluster, TENANT, retrieve, store};
+
+fn fast(cfg: &mut kura_dev::DevConfig) {
+    cfg.report_interval = Duration::from_millis(200);
+    cfg.meta_timeouts.node_down_after = Duration::from_millis(1500);
+    cfg.meta_timeouts.node_lost_after = Duration::from_secs(3);
+    cfg.repair = Some(RepairConfig {
+        idle_interval: Duration::from_millis(300),
+        ..RepairConfig::default()
+    });
+}
+
+async fn manifest(meta: &MetaClient, uid: &str) -> Manifest {
+    match meta
+        .query(&Query::GetManifest {
+            tenant: TENANT.into(),
+            sop_instance_uid: uid.into(),
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::Manifest(Some(m))) => *m,
+        other => panic!("manifest of {uid}: {other:?}"),
+    }
+}
+
+async fn on_node(meta: &MetaClient, node: u64) -> usize {
+    match meta
+        .query(&Query::ManifestsOnNode {
+            node,
+            after: None,
+            limit: 1000,
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::ManifestPage { manifests, .. }) => manifests.len(),
+        other => panic!("manifests on node {node}: {other:?}"),
+    }
+}
+
+async fn under_protected(meta: &MetaClient) -> u64 {
+    match meta
+        .query(&Query::CountManifests {
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::ManifestCounts {
+            under_protected, ..
+        }) => under_protected,
+        other => panic!("counts: {other:?}"),
+    }
+}
+
+async fn node_state(meta: &MetaClient, id: u64) -> Option<NodeState> {
+    match meta
+        .query(&Query::GetClusterMap {
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::ClusterMap { map: Some(m), .. }) => m.node(id).map(|n| n.state),
+        _ => None,
+    }
+}
+
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let end = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < end, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stores `n` instances of study `tag`, one after the other (so their
+/// stored times increase); answers (uid, bytes).
+async fn fill(c: &Cluster, tag: &str, n: u64, size: u32) -> Vec<(String, Vec<u8>)> {
+    let mut client = c.client().await;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let s = Synthetic {
+            study: uid(tag, 1),
+            series: uid(tag, 2),
+            sop: uid(tag, 100 + i),
+        };
+        let bytes = synthetic(&s, size, i);
+        store(&mut client, TENANT, &bytes).await.expect("store");
+        out.push((s.sop, bytes));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    out
+}
+
+async fn read_all(c: &Cluster, stored: &[(String, Vec<u8>)], what: &str) {
+    let mut client = c.client().await;
+    for (sop, bytes) in stored {
+        let got = retrieve(&mut client, TENANT, sop)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {sop} unreadable: {e:?}"));
+        assert!(got == *bytes, "{what}: {sop} read back different bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_node_is_rebuilt_newest_first_and_repair_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    // 3 sites x 4 nodes: a free node in every site to rebuild into. A slow
+    // rate so the restart lands mid-repair.
+    let mut c = Cluster::start_with(dir, |cfg| {
+        fast(cfg);
+        cfg.nodes_per_site = 4;
+        cfg.repair = Some(RepairConfig {
+            idle_interval: Duration::from_millis(300),
+            rate_bytes_per_sec: 300 * 1024,
+            ..RepairConfig::default()
+        });
+    })
+    .await;
+    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    let stored = fill(&c, "71", 10, 200 * 1024).await;
+    let victim = 2u64;
+    let held = on_node(&meta, victim).await;
+    assert!(held > 0, "node {victim} holds shards of some instance");
+
+    // The node dies with its disk.
+    c.dev.stop_storage_node(victim).await.expect("stop");
+    std::fs::remove_dir_all(c.dev.storage_dir(victim)).expect("remove its data");
+    until(
+        "the node is declared lost",
+        Duration::from_secs(20),
+        || async { node_state(&meta, victim).await == Some(NodeState::Lost) },
+    )
+    .await;
+    // Reads go on meanwhile.
+    read_all(&c, &stored, "node lost").await;
+
+    // Some progress, then the whole cluster stops and starts again.
+    let repair = c.dev.repair().expect("repair runs");
+    until(
+        "repair rebuilds a first instance",
+        Duration::from_secs(30),
+        || {
+            let s = repair.status();
+            async move { s.instances_repaired >= 1 }
+        },
+    )
+    .await;
+    let left_before_restart = on_node(&meta, victim).await;
+    assert!(
+        left_before_restart > 0,
+        "the restart must land mid-repair ({held} to repair)"
+    );
+    let config = c.dev.config().clone();
+    c.dev.shutdown().await;
+    c.dev = kura_dev::DevCluster::start(config).await.expect("restart");
+    // The restarted node is a fresh, empty one: still lost in the map.
+    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    until(
+        "repair moves every shard off the lost node",
+        Duration::from_secs(60),
+        || async { on_node(&meta, victim).await == 0 },
+    )
+    .await;
+    until(
+        "every instance fully protected",
+        Duration::from_secs(30),
+        || async { under_protected(&meta).await == 0 },
+    )
+    .await;
+
+    // Exact bytes, with the repaired shards actually used: stop one more
+    // node of every site (each segment loses up to 3 shards of 9).
+    for id in [1u64, 5, 9] {
+        c.dev.stop_storage_node(id).await.expect("stop");
+    }
+    read_all(&c, &stored, "repaired, three more nodes stopped").await;
+    for id in [1u64, 5, 9] {
+        c.dev.start_storage_node(id).await.expect("start");
+    }
+
+    // Newest first: the later an instance was stored, the earlier its
+    // repair was recorded (among those that held a shard on the victim).
+    let mut repaired = Vec::new();
+    for (sop, _) in &stored {
+        let m = manifest(&meta, sop).await;
+        assert_eq!(m.protection, Protection::Full, "{sop}");
+        if m.version > 1 {
+            repaired.push((m.stored_at_unix_ms, m.updated_at_unix_ms));
+        }
+    }
+    assert_eq!(repaired.len(), held, "every affected instance was updated");
+    repaired.sort();
+    // Repairs done before the restart are the newest and came first; the
+    // check holds across the restart because the queue is rebuilt in the
+    // same order.
+    for pair in repaired.windows(2) {
+        assert!(
+            pair[0].1 >= pair[1].1,
+            "an older instance was repaired before a newer one: {repaired:?}"
+        );
+    }
+
+    // Same-site reads first: the target site holds 2 of each segment's 9
+    // shards after the loss, so of the k = 5 read, 3 cross sites.
+    let s = c.dev.repair().expect("repair").status();
+    assert!(s.bytes_read > 0 && s.shards_rebuilt > 0, "{s:?}");
+    assert!(
+        s.cross_site_bytes * 5 <= s.bytes_read * 3,
+        "repair read more across sites than it had to: {s:?}"
+    );
+    c.dev.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_shards_are_rewritten_on_their_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let c = Cluster::start_with(dir, fast).await;
+    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    let stored = fill(&c, "72", 3, 300 * 1024).await;
+    // The holder of data shard 0 of the first instance: every read uses it.
+    let m = manifest(&meta, &stored[0].0).await;
+    let shard = &m.segments[0].shards[0];
+    let victim = shard.node.expect("placed");
+    let id = ShardId {
+        object_key: m.object_key,
+        segment: 0,
+        index: 0,
+    };
+    // Flip a byte in the middle of that shard's file.
+    let name = format!("{}-0-0.", hex::encode(m.object_key));
+    let mut stack = vec![c.dev.storage_dir(victim).join("shards")];
+    let mut flipped = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&name))
+            {
+                let mut bytes = std::fs::read(&path).expect("read shard");
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x5a;
+                std::fs::write(&path, bytes).expect("write shard");
+                flipped += 1;
+            }
+        }
+    }
+    assert_eq!(flipped, 1, "found the shard file");
+    // The read is correct and makes the node quarantine the shard.
+    read_all(&c, &stored, "one shard corrupt").await;
+    let addr = c.dev.storage_node(victim).expect("runs").addr().to_string();
+    let node = ShardsClient::new(&addr).expect("client");
+    // Reported, rebuilt on the same node, and served again.
+    until(
+        "the damaged shard is rewritten",
+        Duration::from_secs(30),
+        || {
+            let node = node.clone();
+            async move { node.get_shard(&id, None).await.is_ok() }
+        },
+    )
+    .await;
+    until("the damage record is cleared", Duration::from_secs(10), || async {
+        matches!(
+            meta.query(&Query::Damaged { after: None, limit: 10, consistency: Consistency::Linearizable }).await,
+            Ok(QueryResult::DamagedPage { shards, .. }) if shards.is_empty()
+        )
+    })
+    .await;
+    let s = c.dev.repair().expect("repair").status();
+    assert!(s.damaged_rewritten >= 1, "{s:?}");
+    // The manifest did not change: the same node holds the same shard.
+    assert_eq!(manifest(&meta, &stored[0].0).await.version, m.version);
+    read_all(&c, &stored, "after the rewrite").await;
+    c.dev.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_during_a_site_outage_regain_site_loss_tolerance() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut c = Cluster::start_with(dir, |cfg| {
+        fast(cfg);
+        // Down for the outage, never lost: the site comes back.
+        cfg.meta_timeouts.node_lost_after = Duration::from_secs(600);
+    })
+    .await;
+    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    // Site 3 (nodes 7, 8, 9) goes dark.
+    for id in [7u64, 8, 9] {
+        c.dev.stop_storage_node(id).await.expect("stop");
+    }
+    until("site 3 is down", Duration::from_secs(15), || async {
+        node_state(&meta, 9).await == Some(NodeState::Down)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // gateway's cached map
+    let stored = fill(&c, "73", 4, 300 * 1024).await;
+    assert_eq!(under_protected(&meta).await, 4, "written under-protected");
+    // The site returns: repair places the missing shards there and moves
+    // some out of the overfull sites.
+    for id in [7u64, 8, 9] {
+        c.dev.start_storage_node(id).await.expect("start");
+    }
+    until(
+        "every write fully protected",
+        Duration::from_secs(40),
+        || async { under_protected(&meta).await == 0 },
+    )
+    .await;
+    for (sop, _) in &stored {
+        let m = manifest(&meta, sop).await;
+        assert_eq!(m.protection, Protection::Full);
+        assert!(
+            m.segments
+                .iter()
+                .all(|s| s.shards.iter().all(|sh| sh.node.is_some())),
+            "every shard placed"
+        );
+    }
+    // And now any one site may go: site 1 stops.
+    for id in [1u64, 2, 3] {
+        c.dev.stop_storage_node(id).await.expect("stop");
+    }
+    read_all(&c, &stored, "site 1 stopped after repair").await;
+    c.dev.shutdown().await;
+}

@@ -1,0 +1,875 @@
+//! Repair: brings every instance back to full protection.
+//!
+//! A pass builds a queue from the metadata cluster's indexes — manifests
+//! naming a `Lost`, `Removed`, `Draining` or forgotten node as a holder,
+//! manifests stored under-protected or with an unplaced shard, and shards
+//! storage nodes reported damaged — and works through it **newest first**
+//! (by the time the instance was stored: recent images are the ones
+//! clinicians open). For each instance it re-reads the manifest
+//! (linearizable), plans with [`kura_placement::repair_plan`], and asks each
+//! target node to rebuild its shards (`RebuildShards`): the target reads
+//! the k shards it needs straight from the holders, those in its own site
+//! first, so bytes cross sites only when the target's site lacks k good
+//! shards. The new holders are recorded with a compare-and-set on the
+//! manifest's version; only after that commits is a moved shard deleted
+//! from its old holder, so the last good copy of a shard is never deleted.
+//!
+//! Everything repair knows is derived from durable state at the start of a
+//! pass, so it resumes after a crash or restart by itself: a rebuild that
+//! was written but not recorded is found again, placed on the same target
+//! (placement is deterministic), and its put is a no-op.
+//!
+//! The traffic (bytes read by rebuilding nodes) is rate-limited, so client
+//! latency stays close to normal while a site is rebuilt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kura_placement::{ClusterMap, Manifest, NodeId, NodeState, SegmentManifest, repair_plan};
+use kura_proto::meta::{
+    Applied, Command, Consistency, DAMAGED_SHARDS_MAX, DamagedShard, Query, QueryResult, Rejected,
+};
+use kura_proto::meta_client::{MetaClient, Retry};
+use kura_proto::shards_client::ShardId;
+use kura_proto::v1::internal as pb;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::server::Inner;
+
+/// How repair runs.
+#[derive(Clone, Debug)]
+pub struct RepairConfig {
+    /// Repair traffic (bytes the rebuilding nodes read), per second.
+    pub rate_bytes_per_sec: u64,
+    /// Pause between passes that found nothing to do (a `repair --now`, or
+    /// a map change seen by the pass, wakes it earlier).
+    pub idle_interval: Duration,
+    /// How long one rebuild call may take.
+    pub rebuild_timeout: Duration,
+    /// Manifests fetched per index page.
+    pub page: u32,
+    /// A moved shard stays on its old holder this long after the new
+    /// holder is recorded, so a read that fetched the older manifest just
+    /// before still finds it.
+    pub delete_moved_after: Duration,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            rate_bytes_per_sec: 50 * 1024 * 1024,
+            idle_interval: Duration::from_secs(30),
+            rebuild_timeout: Duration::from_secs(120),
+            page: 500,
+            delete_moved_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What repair is doing, for `kura admin status`, `/repair` and metrics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairStatus {
+    /// A pass is working through its queue.
+    pub active: bool,
+    pub passes: u64,
+    /// Instances still queued in this pass.
+    pub queue_instances: u64,
+    /// Shards still queued in this pass.
+    pub queue_shards: u64,
+    /// Shard bytes still to rebuild in this pass.
+    pub queue_bytes: u64,
+    /// Seconds until the queue is done at the current pace.
+    pub eta_seconds: Option<f64>,
+    pub rate_bytes_per_sec: u64,
+    /// Totals since this gateway started.
+    pub instances_repaired: u64,
+    pub shards_rebuilt: u64,
+    pub shards_moved: u64,
+    pub damaged_rewritten: u64,
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    /// Bytes the rebuilding nodes read from another site.
+    pub cross_site_bytes: u64,
+    pub failures: u64,
+    /// Instances the last pass could not bring to full protection (no free
+    /// node for a shard, too few readable shards).
+    pub waiting: u64,
+    pub last_pass_started_unix_ms: Option<i64>,
+    pub last_pass_seconds: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+struct Shared {
+    status: Mutex<RepairStatus>,
+    wake: Notify,
+}
+
+/// The repair loop of one gateway. Dropping it does not stop the loop;
+/// [`Repairer::stop`] does.
+pub struct Repairer {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+/// A handle to ask repair for its status or to start a pass now.
+#[derive(Clone)]
+pub struct RepairHandle {
+    shared: Arc<Shared>,
+}
+
+impl RepairHandle {
+    pub fn status(&self) -> RepairStatus {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts a pass now (or right after the running one).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Repairer {
+    pub(crate) fn start(inner: Arc<Inner>, config: RepairConfig) -> Repairer {
+        let shared = Arc::new(Shared {
+            status: Mutex::new(RepairStatus {
+                rate_bytes_per_sec: config.rate_bytes_per_sec,
+                ..RepairStatus::default()
+            }),
+            wake: Notify::new(),
+        });
+        let worker = Worker {
+            inner,
+            limiter: RateLimiter::new(config.rate_bytes_per_sec),
+            config,
+            shared: Arc::clone(&shared),
+        };
+        let task = tokio::spawn(worker.run());
+        Repairer { shared, task }
+    }
+
+    pub fn handle(&self) -> RepairHandle {
+        RepairHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// A token bucket over bytes, one second deep.
+struct RateLimiter {
+    rate: f64,
+    next: Instant,
+}
+
+impl RateLimiter {
+    fn new(bytes_per_sec: u64) -> Self {
+        Self {
+            rate: bytes_per_sec.max(1) as f64,
+            next: Instant::now(),
+        }
+    }
+
+    async fn take(&mut self, bytes: u64) {
+        let now = Instant::now();
+        // Unused budget older than a second is not saved up.
+        let floor = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        let start = self.next.max(floor);
+        self.next = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+        if start > now {
+            tokio::time::sleep_until(start.into()).await;
+        }
+    }
+}
+
+/// One queued instance.
+struct Item {
+    tenant: String,
+    uid: String,
+    stored_at: i64,
+    damaged: Vec<DamagedShard>,
+}
+
+/// One rebuild call: shards `want` of `segment` onto `target`, copied
+/// from their holders (`copy`) or decoded from k others.
+struct Job<'a> {
+    segment: &'a SegmentManifest,
+    target: NodeId,
+    want: &'a [u8],
+    copy: bool,
+}
+
+/// What one instance's repair did.
+#[derive(Default)]
+struct Done {
+    rebuilt: u64,
+    moved: u64,
+    damaged: u64,
+    written: u64,
+    read: u64,
+    cross_site: u64,
+    failures: u64,
+    /// Not at full protection afterwards (waiting for nodes or shards).
+    waiting: bool,
+    last_error: Option<String>,
+}
+
+struct Worker {
+    inner: Arc<Inner>,
+    config: RepairConfig,
+    limiter: RateLimiter,
+    shared: Arc<Shared>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn shard_bytes(m: &Manifest, segment: &SegmentManifest) -> u64 {
+    segment
+        .shards
+        .first()
+        .map(|s| u64::from(s.len))
+        .unwrap_or_else(|| u64::from(m.ec.shard_len(segment.data_len)))
+}
+
+impl Worker {
+    fn status(&self) -> std::sync::MutexGuard<'_, RepairStatus> {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn meta(&self) -> &MetaClient {
+        self.inner.cluster.meta()
+    }
+
+    async fn run(mut self) {
+        loop {
+            let started = Instant::now();
+            let progressed = match self.pass().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "repair pass failed; retrying later");
+                    self.status().last_error = Some(e);
+                    false
+                }
+            };
+            {
+                let mut s = self.status();
+                s.active = false;
+                s.last_pass_seconds = Some(started.elapsed().as_secs_f64());
+                s.queue_instances = 0;
+                s.queue_shards = 0;
+                s.queue_bytes = 0;
+                s.eta_seconds = if s.waiting > 0 { None } else { Some(0.0) };
+                publish_gauges(&s);
+            }
+            if !progressed {
+                tokio::select! {
+                    _ = self.shared.wake.notified() => {}
+                    _ = tokio::time::sleep(self.config.idle_interval) => {}
+                }
+            }
+        }
+    }
+
+    async fn map(&self) -> Result<ClusterMap, String> {
+        match self
+            .meta()
+            .query(&Query::GetClusterMap {
+                consistency: Consistency::Linearizable,
+            })
+            .await
+        {
+            Ok(QueryResult::ClusterMap { map: Some(map), .. }) => Ok(map),
+            Ok(QueryResult::ClusterMap { map: None, .. }) => Err("no cluster map yet".into()),
+            Ok(other) => Err(format!("unexpected answer to GetClusterMap: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Pages through an index of manifests.
+    async fn walk(
+        &self,
+        mut query: impl FnMut(Option<Vec<u8>>) -> Query,
+        out: &mut HashMap<(String, String), Item>,
+    ) -> Result<(), String> {
+        let mut after = None;
+        loop {
+            let answer = self
+                .meta()
+                .query(&query(after.take()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let QueryResult::ManifestPage { manifests, next } = answer else {
+                return Err(format!("unexpected answer to a manifest page: {answer:?}"));
+            };
+            for m in manifests {
+                queue(out, m, None);
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Builds the queue, newest first: every instance with a shard on a
+    /// leaving node, stored under-protected, or with a damaged shard.
+    async fn build_queue(&self, map: &ClusterMap) -> Result<Vec<Item>, String> {
+        let mut items: HashMap<(String, String), Item> = HashMap::new();
+        let holders = match self
+            .meta()
+            .query(&Query::HolderNodes {
+                consistency: Consistency::Linearizable,
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            QueryResult::HolderNodes(ids) => ids,
+            other => return Err(format!("unexpected answer to HolderNodes: {other:?}")),
+        };
+        let page = self.config.page;
+        for id in holders {
+            let leaving = map.node(id).is_none_or(|n| {
+                matches!(
+                    n.state,
+                    NodeState::Lost | NodeState::Removed | NodeState::Draining
+                )
+            });
+            if leaving {
+                self.walk(
+                    |after| Query::ManifestsOnNode {
+                        node: id,
+                        after,
+                        limit: page,
+                        consistency: Consistency::Linearizable,
+                    },
+                    &mut items,
+                )
+                .await?;
+            }
+        }
+        self.walk(
+            |after| Query::Attention {
+                after,
+                limit: page,
+                consistency: Consistency::Linearizable,
+            },
+            &mut items,
+        )
+        .await?;
+        let mut after = None;
+        let mut stale = Vec::new();
+        loop {
+            let answer = self
+                .meta()
+                .query(&Query::Damaged {
+                    after,
+                    limit: page,
+                    consistency: Consistency::Linearizable,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let QueryResult::DamagedPage { shards, next } = answer else {
+                return Err(format!("unexpected answer to Damaged: {answer:?}"));
+            };
+            for (d, m) in shards {
+                match m {
+                    Some(m) if names_holder(&m, &d) => queue(&mut items, m, Some(d)),
+                    // No manifest references this shard there any more.
+                    _ => stale.push(d),
+                }
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        self.clear_damaged(stale).await;
+
+        // Keep what has work under the current map.
+        let mut queue: Vec<Item> = items.into_values().collect();
+        queue.sort_by(|a, b| {
+            b.stored_at
+                .cmp(&a.stored_at)
+                .then_with(|| a.tenant.cmp(&b.tenant))
+                .then_with(|| a.uid.cmp(&b.uid))
+        });
+        Ok(queue)
+    }
+
+    async fn clear_damaged(&self, shards: Vec<DamagedShard>) {
+        for chunk in shards.chunks(DAMAGED_SHARDS_MAX) {
+            let cmd = Command::ClearDamaged {
+                shards: chunk.to_vec(),
+            };
+            if let Err(e) = self.meta().propose(&cmd, Retry::Idempotent).await {
+                tracing::warn!(error = %e, "could not clear repaired damage records");
+            }
+        }
+    }
+
+    /// One pass; answers whether anything was repaired.
+    async fn pass(&mut self) -> Result<bool, String> {
+        let map = self.map().await?;
+        let queue = self.build_queue(&map).await?;
+        {
+            let mut s = self.status();
+            s.active = !queue.is_empty();
+            s.passes += 1;
+            s.last_pass_started_unix_ms = Some(now_ms());
+            s.waiting = 0;
+        }
+        metrics::counter!("kura_repair_passes_total").increment(1);
+        if queue.is_empty() {
+            return Ok(false);
+        }
+        let mut remaining_instances = queue.len() as u64;
+        tracing::info!(instances = remaining_instances, "repair pass started");
+        let started = Instant::now();
+        let mut done_bytes = 0u64;
+        let mut progressed = false;
+        // Estimates for the status: planned now, refined per item.
+        let mut estimates: Vec<(u64, u64)> = Vec::with_capacity(queue.len());
+        for chunk in queue.chunks(16) {
+            let mut batch = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                batch.push(estimate(self.meta(), &map, item));
+            }
+            estimates.extend(futures::future::join_all(batch).await);
+        }
+        let mut remaining_shards: u64 = estimates.iter().map(|e| e.0).sum();
+        let mut remaining_bytes: u64 = estimates.iter().map(|e| e.1).sum();
+        for (item, (est_shards, est_bytes)) in queue.into_iter().zip(estimates) {
+            {
+                let mut s = self.status();
+                s.queue_instances = remaining_instances;
+                s.queue_shards = remaining_shards;
+                s.queue_bytes = remaining_bytes;
+                let elapsed = started.elapsed().as_secs_f64();
+                let pace = if done_bytes > 0 && elapsed > 1.0 {
+                    (done_bytes as f64 / elapsed).min(self.config.rate_bytes_per_sec as f64)
+                } else {
+                    self.config.rate_bytes_per_sec as f64
+                };
+                s.eta_seconds = Some(remaining_bytes as f64 / pace.max(1.0));
+                publish_gauges(&s);
+            }
+            let done = match self.repair_one(&item).await {
+                Ok(d) => d,
+                Err(e) => Done {
+                    failures: 1,
+                    waiting: true,
+                    last_error: Some(e),
+                    ..Done::default()
+                },
+            };
+            remaining_instances -= 1;
+            remaining_shards = remaining_shards.saturating_sub(est_shards);
+            remaining_bytes = remaining_bytes.saturating_sub(est_bytes);
+            done_bytes += done.written;
+            if done.rebuilt + done.moved + done.damaged > 0 {
+                progressed = true;
+            }
+            let mut s = self.status();
+            if done.rebuilt + done.moved + done.damaged > 0 && !done.waiting {
+                s.instances_repaired += 1;
+            }
+            s.shards_rebuilt += done.rebuilt;
+            s.shards_moved += done.moved;
+            s.damaged_rewritten += done.damaged;
+            s.bytes_written += done.written;
+            s.bytes_read += done.read;
+            s.cross_site_bytes += done.cross_site;
+            s.failures += done.failures;
+            if done.waiting {
+                s.waiting += 1;
+            }
+            if let Some(e) = done.last_error {
+                s.last_error = Some(e);
+            }
+            metrics::counter!("kura_repair_shards_total", "kind" => "rebuilt")
+                .increment(done.rebuilt);
+            metrics::counter!("kura_repair_shards_total", "kind" => "moved").increment(done.moved);
+            metrics::counter!("kura_repair_shards_total", "kind" => "damaged")
+                .increment(done.damaged);
+            metrics::counter!("kura_repair_written_bytes_total").increment(done.written);
+            metrics::counter!("kura_repair_read_bytes_total").increment(done.read);
+            metrics::counter!("kura_repair_cross_site_bytes_total").increment(done.cross_site);
+            metrics::counter!("kura_repair_failures_total").increment(done.failures);
+        }
+        let s = self.status().clone();
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            waiting = s.waiting,
+            written_bytes = s.bytes_written,
+            cross_site_bytes = s.cross_site_bytes,
+            "repair pass finished"
+        );
+        Ok(progressed)
+    }
+
+    async fn manifest(&self, tenant: &str, uid: &str) -> Result<Option<Manifest>, String> {
+        match self
+            .meta()
+            .query(&Query::GetManifest {
+                tenant: tenant.to_string(),
+                sop_instance_uid: uid.to_string(),
+                consistency: Consistency::Linearizable,
+            })
+            .await
+        {
+            Ok(QueryResult::Manifest(m)) => Ok(m.map(|b| *b)),
+            Ok(other) => Err(format!("unexpected answer to GetManifest: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Asks `target` to rebuild `want` of one segment; answers the bytes
+    /// read and how many of them crossed sites.
+    async fn rebuild(
+        &mut self,
+        map: &ClusterMap,
+        m: &Manifest,
+        job: Job<'_>,
+        exclude: &[(NodeId, u8)],
+    ) -> Result<(u64, u64), String> {
+        let Job {
+            segment,
+            target,
+            want,
+            copy,
+        } = job;
+        let node = map
+            .node(target)
+            .ok_or_else(|| format!("target node {target} is not in the map"))?;
+        let target_site = node.site.clone();
+        // Sources: readable holders, the target's site first.
+        let mut sources: Vec<(bool, u8, NodeId, String)> = segment
+            .shards
+            .iter()
+            .filter_map(|s| {
+                let id = s.node?;
+                let n = map.node(id)?;
+                (n.state.readable() && id != target && !exclude.contains(&(id, s.index)))
+                    .then(|| (n.site != target_site, s.index, id, n.addr.clone()))
+            })
+            .collect();
+        sources.sort_by_key(|(other_site, index, _, _)| (*other_site, *index));
+        let len = shard_bytes(m, segment);
+        let k = u64::from(m.ec.data_shards);
+        let budget = if copy {
+            len * want.len() as u64
+        } else {
+            len * k
+        };
+        self.limiter.take(budget).await;
+        let request = pb::RebuildShardsRequest {
+            object_key: Bytes::copy_from_slice(&m.object_key),
+            segment: segment.index,
+            data_shards: u32::from(m.ec.data_shards),
+            parity_shards: u32::from(m.ec.parity_shards),
+            segment_bytes: m.ec.segment_bytes,
+            code: u32::from(m.ec.code.id()),
+            data_len: segment.data_len,
+            shard_blake3: segment
+                .shards
+                .iter()
+                .map(|s| Bytes::copy_from_slice(&s.blake3))
+                .collect(),
+            want: want.iter().map(|&w| u32::from(w)).collect(),
+            sources: sources
+                .iter()
+                .map(|(_, index, id, addr)| pb::RebuildSource {
+                    index: u32::from(*index),
+                    node: *id,
+                    addr: addr.clone(),
+                })
+                .collect(),
+        };
+        let client = self.inner.cluster.client(node).map_err(|e| e.to_string())?;
+        let answer = client
+            .rebuild_shards(request, self.config.rebuild_timeout)
+            .await
+            .map_err(|e| format!("rebuild on node {target}: {e}"))?;
+        let read: u64 = answer.reads.iter().map(|r| r.bytes).sum();
+        let cross: u64 = answer
+            .reads
+            .iter()
+            .filter(|r| map.site_of(r.node) != Some(target_site.as_str()))
+            .map(|r| r.bytes)
+            .sum();
+        Ok((read, cross))
+    }
+
+    async fn repair_one(&mut self, item: &Item) -> Result<Done, String> {
+        let mut done = Done::default();
+        let Some(m) = self.manifest(&item.tenant, &item.uid).await? else {
+            self.clear_damaged(item.damaged.clone()).await;
+            return Ok(done);
+        };
+        let map = self.map().await?;
+        let plan = repair_plan(&map, &m).map_err(|e| e.to_string())?;
+        let damaged: Vec<DamagedShard> = item
+            .damaged
+            .iter()
+            .filter(|d| names_holder(&m, d))
+            .copied()
+            .collect();
+        let exclude: Vec<(NodeId, u8)> = damaged.iter().map(|d| (d.node, d.index)).collect();
+
+        // Rebuilt or moved shards: (segment, index, from, target, copied).
+        let mut placed: Vec<(u32, u8, Option<NodeId>, NodeId, bool)> = Vec::new();
+        for seg_plan in &plan.segments {
+            let Some(segment) = m.segment(seg_plan.segment) else {
+                continue;
+            };
+            // One rebuild call per target node.
+            let mut by_target: BTreeMap<NodeId, Vec<(u8, Option<NodeId>, bool)>> = BTreeMap::new();
+            for r in &seg_plan.shards {
+                match r.target {
+                    Some(t) => by_target.entry(t).or_default().push((
+                        r.index,
+                        r.from,
+                        r.copy_source(&map).is_some(),
+                    )),
+                    None => done.waiting = true,
+                }
+            }
+            let len = shard_bytes(&m, segment);
+            for (target, shards) in by_target {
+                let want: Vec<u8> = shards.iter().map(|s| s.0).collect();
+                let copy = shards.iter().all(|s| s.2);
+                let job = Job {
+                    segment,
+                    target,
+                    want: &want,
+                    copy,
+                };
+                match self.rebuild(&map, &m, job, &exclude).await {
+                    Ok((read, cross)) => {
+                        done.read += read;
+                        done.cross_site += cross;
+                        done.written += len * want.len() as u64;
+                        for (index, from, copied) in shards {
+                            placed.push((segment.index, index, from, target, copied));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(uid = %m.sop_instance_uid, segment = segment.index, error = %e, "repair of a segment failed");
+                        done.failures += 1;
+                        done.waiting = true;
+                        done.last_error = Some(e);
+                    }
+                }
+            }
+        }
+
+        // Record the new holders, then remove moved shards from their old
+        // holders (never before the record commits).
+        let mut updated = m.clone();
+        for &(segment, index, _, target, _) in &placed {
+            updated
+                .set_holder(segment, index, Some(target))
+                .map_err(|e| e.to_string())?;
+        }
+        updated.protection = updated.protection_in(&map);
+        if !placed.is_empty() || updated.protection != m.protection {
+            updated.updated_at_unix_ms = now_ms();
+            match self
+                .meta()
+                .propose(
+                    &Command::CasManifest {
+                        expected_version: m.version,
+                        manifest: updated.clone(),
+                    },
+                    Retry::Once,
+                )
+                .await
+            {
+                Ok(Ok(Applied::ManifestUpdated { .. })) => {
+                    for &(segment, index, from, target, copied) in &placed {
+                        if copied {
+                            done.moved += 1;
+                        } else {
+                            done.rebuilt += 1;
+                        }
+                        if let Some(old) = from.filter(|&o| o != target) {
+                            self.delete_old(&map, &m, segment, index, old).await;
+                        }
+                    }
+                }
+                Ok(Err(Rejected::VersionMismatch { .. })) => {
+                    // Someone else changed it; the next pass re-plans. The
+                    // shards written here are reclaimed once unreferenced.
+                    done.waiting = true;
+                    return Ok(done);
+                }
+                Ok(other) => return Err(format!("compare-and-set refused: {other:?}")),
+                Err(e) => return Err(format!("compare-and-set: {e}")),
+            }
+        }
+        if updated.protection != kura_placement::Protection::Full {
+            done.waiting = true;
+        }
+
+        // Damaged shards on healthy holders: rebuilt in place.
+        let mut cleared = Vec::new();
+        for d in damaged {
+            let Some(segment) = updated.segment(d.segment) else {
+                cleared.push(d);
+                continue;
+            };
+            let still_holder = segment
+                .shards
+                .get(usize::from(d.index))
+                .is_some_and(|s| s.node == Some(d.node));
+            let up = map.node(d.node).is_some_and(|n| n.state == NodeState::Up);
+            if !still_holder {
+                cleared.push(d);
+                continue;
+            }
+            if !up {
+                continue; // a lost node's shards were re-planned above
+            }
+            let len = shard_bytes(&updated, segment);
+            let segment = segment.clone();
+            let job = Job {
+                segment: &segment,
+                target: d.node,
+                want: &[d.index],
+                copy: false,
+            };
+            match self.rebuild(&map, &updated, job, &exclude).await {
+                Ok((read, cross)) => {
+                    done.read += read;
+                    done.cross_site += cross;
+                    done.written += len;
+                    done.damaged += 1;
+                    cleared.push(d);
+                }
+                Err(e) => {
+                    done.failures += 1;
+                    done.waiting = true;
+                    done.last_error = Some(e);
+                }
+            }
+        }
+        self.clear_damaged(cleared).await;
+        Ok(done)
+    }
+
+    /// Deletes a moved shard from its old holder, after a delay (see
+    /// [`RepairConfig::delete_moved_after`]). Only called once the new
+    /// holder is recorded: the last good copy is never the one deleted.
+    async fn delete_old(
+        &self,
+        map: &ClusterMap,
+        m: &Manifest,
+        segment: u32,
+        index: u8,
+        old: NodeId,
+    ) {
+        let Some(node) = map.node(old) else { return };
+        if !node.state.readable() {
+            return; // gone with its node
+        }
+        let id = ShardId {
+            object_key: m.object_key,
+            segment,
+            index,
+        };
+        let client = match self.inner.cluster.client(node) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(node = old, error = %e, "no client for an old holder");
+                return;
+            }
+        };
+        let delay = self.config.delete_moved_after;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(e) = client.delete_shard(&id).await {
+                tracing::warn!(node = old, shard = %id, error = %e, "could not delete a moved shard from its old holder");
+            }
+        });
+    }
+}
+
+/// Whether the manifest still names the damaged shard's node as its holder.
+fn names_holder(m: &Manifest, d: &DamagedShard) -> bool {
+    m.object_key == d.object_key
+        && m.segment(d.segment)
+            .and_then(|s| s.shards.get(usize::from(d.index)))
+            .is_some_and(|s| s.node == Some(d.node))
+}
+
+fn queue(out: &mut HashMap<(String, String), Item>, m: Manifest, damaged: Option<DamagedShard>) {
+    let key = (m.tenant.clone(), m.sop_instance_uid.clone());
+    let item = out.entry(key).or_insert_with(|| Item {
+        tenant: m.tenant.clone(),
+        uid: m.sop_instance_uid.clone(),
+        stored_at: m.stored_at_unix_ms,
+        damaged: Vec::new(),
+    });
+    if let Some(d) = damaged {
+        item.damaged.push(d);
+    }
+}
+
+/// (shards, bytes) an item's repair will write under `map`, from the
+/// manifest as it is now (0 if it vanished).
+async fn estimate(meta: &MetaClient, map: &ClusterMap, item: &Item) -> (u64, u64) {
+    let answer = meta
+        .query(&Query::GetManifest {
+            tenant: item.tenant.clone(),
+            sop_instance_uid: item.uid.clone(),
+            consistency: Consistency::Stale,
+        })
+        .await;
+    let Ok(QueryResult::Manifest(Some(m))) = answer else {
+        return (0, 0);
+    };
+    let Ok(plan) = repair_plan(map, &m) else {
+        return (0, 0);
+    };
+    let mut shards = item.damaged.len() as u64;
+    let mut bytes = 0;
+    for d in &item.damaged {
+        if let Some(s) = m.segment(d.segment) {
+            bytes += shard_bytes(&m, s);
+        }
+    }
+    for seg in &plan.segments {
+        let n = seg.shards.iter().filter(|r| r.target.is_some()).count() as u64;
+        shards += n;
+        if let Some(s) = m.segment(seg.segment) {
+            bytes += n * shard_bytes(&m, s);
+        }
+    }
+    (shards, bytes)
+}
+
+fn publish_gauges(s: &RepairStatus) {
+    metrics::gauge!("kura_repair_queue_instances").set(s.queue_instances as f64);
+    metrics::gauge!("kura_repair_queue_shards").set(s.queue_shards as f64);
+    metrics::gauge!("kura_repair_queue_bytes").set(s.queue_bytes as f64);
+    metrics::gauge!("kura_repair_eta_seconds").set(s.eta_seconds.unwrap_or(-1.0));
+    metrics::gauge!("kura_repair_waiting_instances").set(s.waiting as f64);
+}
