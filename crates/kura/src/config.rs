@@ -17,12 +17,37 @@
 //! meta = "10.0.1.1:7700"   # a Raft voter at this address (optional role)
 //! store = "10.0.1.1:7800"  # a storage node at this address (optional role)
 //! gateway = "0.0.0.0:7600" # the public Archive API (optional role)
-//! ops = "0.0.0.0:7601"     # the gateway's /healthz, /readyz, /metrics
+//! ops = "0.0.0.0:7601"     # /healthz, /readyz, /metrics (and the gateway's /repair)
+//! ```
+//!
+//! Addresses are `IP:PORT` or `NAME:PORT`. A name is what the others dial
+//! (resolved at every connect, so it may follow a moving pod); the process
+//! itself listens on `0.0.0.0:PORT` for it.
+//!
+//! Optional tuning (defaults shown):
+//!
+//! ```toml
+//! [cluster]
+//! orphan_grace_secs = 3600       # unreferenced shards older than this are reclaimed
+//! report_interval_secs = 10      # storage node heartbeat
+//! node_down_after_secs = 30      # silent this long: down (reads avoid it)
+//! node_lost_after_secs = 900     # silent this long: lost (repair rebuilds its shards)
+//!
+//! [repair]                       # runs in every gateway; compare-and-set keeps them apart
+//! enabled = true
+//! rate_mb_per_sec = 50           # bytes the rebuilding nodes read, per second
+//! idle_secs = 30                 # pause between passes that found nothing
+//! delete_moved_after_secs = 60   # a moved shard stays this long on its old node
+//!
+//! [scrub]
+//! rate_mb_per_sec = 20           # per storage node; 0 turns scrubbing off
+//! interval_secs = 86400          # between two passes
 //! ```
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kura_erasure::EcParams;
 use kura_placement::{ClusterMap, NodeInfo, NodeState, Site};
@@ -34,6 +59,10 @@ use toml::Spanned;
 pub struct Config {
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub repair: RepairSection,
+    #[serde(default)]
+    pub scrub: ScrubSection,
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteSection>,
     #[serde(default, rename = "node")]
@@ -50,6 +79,12 @@ pub struct ClusterSection {
     /// Seconds before a storage node reclaims an unreferenced shard.
     #[serde(default = "default_grace")]
     pub orphan_grace_secs: u64,
+    #[serde(default = "default_report")]
+    pub report_interval_secs: Spanned<f64>,
+    #[serde(default = "default_down")]
+    pub node_down_after_secs: Spanned<f64>,
+    #[serde(default = "default_lost")]
+    pub node_lost_after_secs: Spanned<f64>,
 }
 
 impl Default for ClusterSection {
@@ -58,8 +93,128 @@ impl Default for ClusterSection {
             data_shards: default_k(),
             parity_shards: default_m(),
             orphan_grace_secs: default_grace(),
+            report_interval_secs: default_report(),
+            node_down_after_secs: default_down(),
+            node_lost_after_secs: default_lost(),
         }
     }
+}
+
+fn spanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+fn default_report() -> Spanned<f64> {
+    spanned(10.0)
+}
+fn default_down() -> Spanned<f64> {
+    spanned(30.0)
+}
+fn default_lost() -> Spanned<f64> {
+    spanned(900.0)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_repair_rate")]
+    pub rate_mb_per_sec: Spanned<f64>,
+    #[serde(default = "default_repair_idle")]
+    pub idle_secs: Spanned<f64>,
+    #[serde(default = "default_delete_moved")]
+    pub delete_moved_after_secs: Spanned<f64>,
+}
+
+impl Default for RepairSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate_mb_per_sec: default_repair_rate(),
+            idle_secs: default_repair_idle(),
+            delete_moved_after_secs: default_delete_moved(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_repair_rate() -> Spanned<f64> {
+    spanned(50.0)
+}
+fn default_repair_idle() -> Spanned<f64> {
+    spanned(30.0)
+}
+fn default_delete_moved() -> Spanned<f64> {
+    spanned(60.0)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubSection {
+    #[serde(default = "default_scrub_rate")]
+    pub rate_mb_per_sec: Spanned<f64>,
+    #[serde(default = "default_scrub_interval")]
+    pub interval_secs: Spanned<f64>,
+}
+
+impl Default for ScrubSection {
+    fn default() -> Self {
+        Self {
+            rate_mb_per_sec: default_scrub_rate(),
+            interval_secs: default_scrub_interval(),
+        }
+    }
+}
+
+fn default_scrub_rate() -> Spanned<f64> {
+    spanned(20.0)
+}
+fn default_scrub_interval() -> Spanned<f64> {
+    spanned(86400.0)
+}
+
+/// Checks a `NAME:PORT` or `IP:PORT` address; answers why not.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("no port (want IP:PORT or NAME:PORT)".into());
+    };
+    port.parse::<u16>()
+        .map_err(|_| format!("port {port:?} is not a number 0-65535"))?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!(
+            "host {host:?} is neither an IP address nor a DNS name"
+        ));
+    }
+    Ok(())
+}
+
+/// Where to listen for `addr`: itself when it is `IP:PORT`, every
+/// interface on its port when it names a host.
+pub fn listen_addr(addr: &str) -> String {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return addr.to_string();
+    }
+    match addr.rsplit_once(':') {
+        Some((_, port)) => format!("0.0.0.0:{port}"),
+        None => addr.to_string(),
+    }
+}
+
+/// A duration in seconds from the config, checked.
+pub fn secs(v: &Spanned<f64>) -> Duration {
+    Duration::from_secs_f64(v.get_ref().clamp(0.0, 1e9))
 }
 
 fn default_k() -> Spanned<u8> {
@@ -164,19 +319,16 @@ pub fn parse(path: &str, text: &str) -> Result<Checked, String> {
             ("ops", &n.ops),
         ] {
             let Some(addr) = addr else { continue };
-            let parsed: SocketAddr = addr.get_ref().parse().map_err(|e| {
+            check_addr(addr.get_ref()).map_err(|e| {
                 err(
                     addr.span().start,
-                    format!(
-                        "node {id}: {role} address {:?}: {e} (want IP:PORT)",
-                        addr.get_ref()
-                    ),
+                    format!("node {id}: {role} address {:?}: {e}", addr.get_ref()),
                 )
             })?;
-            if !addrs.insert(parsed) {
+            if !addrs.insert(addr.get_ref().clone()) {
                 return Err(err(
                     addr.span().start,
-                    format!("node {id}: {role} address {parsed} is used twice"),
+                    format!("node {id}: {role} address {} is used twice", addr.get_ref()),
                 ));
             }
         }
@@ -186,12 +338,48 @@ pub fn parse(path: &str, text: &str) -> Result<Checked, String> {
                 format!("node {id} has no role: give it meta, store and/or gateway"),
             ));
         }
-        if n.ops.is_some() && n.gateway.is_none() {
+    }
+    for (what, v, min) in [
+        (
+            "report_interval_secs",
+            &config.cluster.report_interval_secs,
+            0.01,
+        ),
+        (
+            "node_down_after_secs",
+            &config.cluster.node_down_after_secs,
+            0.1,
+        ),
+        (
+            "node_lost_after_secs",
+            &config.cluster.node_lost_after_secs,
+            0.1,
+        ),
+        ("rate_mb_per_sec", &config.repair.rate_mb_per_sec, 0.001),
+        ("idle_secs", &config.repair.idle_secs, 0.01),
+        (
+            "delete_moved_after_secs",
+            &config.repair.delete_moved_after_secs,
+            0.0,
+        ),
+        ("rate_mb_per_sec", &config.scrub.rate_mb_per_sec, 0.0),
+        ("interval_secs", &config.scrub.interval_secs, 0.01),
+    ] {
+        let x = *v.get_ref();
+        if !x.is_finite() || x < min || x > 1e9 {
             return Err(err(
-                n.id.span().start,
-                format!("node {id}: ops serves the gateway's probes; it needs gateway"),
+                v.span().start,
+                format!("{what} = {x} is out of range ({min} to 1e9)"),
             ));
         }
+    }
+    if config.cluster.node_lost_after_secs.get_ref()
+        <= config.cluster.node_down_after_secs.get_ref()
+    {
+        return Err(err(
+            config.cluster.node_lost_after_secs.span().start,
+            "node_lost_after_secs must be longer than node_down_after_secs".into(),
+        ));
     }
     let checked = Checked { config, profile };
     if checked.voters().is_empty() {
@@ -339,7 +527,24 @@ store = "127.0.0.1:7803"
         assert!(e.starts_with(&format!("kura.toml:{line}:")), "{e}");
 
         let e = refusal(&GOOD.replace("127.0.0.1:7803", "localhost"));
-        assert!(e.contains("store address") && e.contains("IP:PORT"), "{e}");
+        assert!(e.contains("store address") && e.contains("no port"), "{e}");
+        let e = refusal(&GOOD.replace("127.0.0.1:7803", "bad_name:7803"));
+        assert!(e.contains("neither an IP address nor a DNS name"), "{e}");
+        // Names are fine: dialled by name, listened on every interface.
+        let named = parse(
+            "kura.toml",
+            &GOOD.replace("127.0.0.1:7803", "kura-store-2.kura-store.kura.svc:7803"),
+        )
+        .expect("a DNS name is a valid address");
+        assert_eq!(named.voters().len(), 3);
+        assert_eq!(listen_addr("kura-store-2.kura-store:7803"), "0.0.0.0:7803");
+        assert_eq!(listen_addr("127.0.0.1:7803"), "127.0.0.1:7803");
+
+        let e = refusal(&GOOD.replace(
+            "parity_shards = 1",
+            "parity_shards = 1\nnode_lost_after_secs = 5",
+        ));
+        assert!(e.contains("longer than node_down_after_secs"), "{e}");
 
         let e = refusal(&GOOD.replace("127.0.0.1:7803", "127.0.0.1:7802"));
         assert!(e.contains("used twice"), "{e}");

@@ -12,6 +12,7 @@
 
 mod cmd;
 mod config;
+mod ops;
 
 /// Caps glibc's malloc arenas at 2 (its default is 8 per core).
 ///

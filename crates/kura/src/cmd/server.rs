@@ -85,11 +85,16 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
     let node = checked.node(id).context("node vanished from the config")?;
     let voters = checked.voters();
     let meta_endpoints: Vec<String> = voters.iter().map(|(_, a)| a.clone()).collect();
-    let grace = Duration::from_secs(checked.config.cluster.orphan_grace_secs);
+    let cfg = &checked.config;
+    let grace = Duration::from_secs(cfg.cluster.orphan_grace_secs);
+    let report_interval = config::secs(&cfg.cluster.report_interval_secs);
+    let mut timeouts = kura_meta::service::ServiceTimeouts::default();
+    timeouts.node_down_after = config::secs(&cfg.cluster.node_down_after_secs);
+    timeouts.node_lost_after = config::secs(&cfg.cluster.node_lost_after_secs);
 
     let mut meta = None;
     if let Some(addr) = &node.meta {
-        let listener = tokio::net::TcpListener::bind(addr.get_ref())
+        let listener = tokio::net::TcpListener::bind(config::listen_addr(addr.get_ref()))
             .await
             .with_context(|| format!("listen for Raft on {}", addr.get_ref()))?;
         let m = MetaNode::start(
@@ -98,7 +103,7 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
                 data_dir: node.data.join("meta"),
                 advertise_addr: addr.get_ref().clone(),
                 timings: RaftTimings::default(),
-                timeouts: Default::default(),
+                timeouts,
             },
             listener,
         )
@@ -108,18 +113,34 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
         meta = Some(m);
     }
     let mut store = None;
+    let mut joiner = None;
     if let Some(addr) = &node.store {
-        let listener = tokio::net::TcpListener::bind(addr.get_ref())
+        let listener = tokio::net::TcpListener::bind(config::listen_addr(addr.get_ref()))
             .await
             .with_context(|| format!("listen for shards on {}", addr.get_ref()))?;
         let mut sc = StoreConfig::new(id, node.data.join("store"));
         sc.meta_endpoints = meta_endpoints.clone();
         sc.orphan_grace = grace;
+        sc.report_interval = report_interval;
+        sc.scrub_bytes_per_sec = (cfg.scrub.rate_mb_per_sec.get_ref() * 1e6) as u64;
+        sc.scrub_pass_interval = config::secs(&cfg.scrub.interval_secs);
         let s = StorageNode::start(sc, listener)
             .await
             .with_context(|| format!("start the storage node in {}", node.data.display()))?;
         println!("  storage node {id} at {}", addr.get_ref());
         store = Some(s);
+        joiner = Some(tokio::spawn(join_map(
+            meta_endpoints.clone(),
+            kura_placement::NodeInfo {
+                id,
+                name: format!("store-{id}"),
+                site: node.site.get_ref().clone(),
+                addr: addr.get_ref().clone(),
+                state: kura_placement::NodeState::Up,
+                capacity_bytes: 0,
+                used_bytes: 0,
+            },
+        )));
     }
     // The lowest voter forms the cluster, in the background: it waits for
     // the others without holding up this node's own roles.
@@ -130,29 +151,46 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
         let voters = voters.clone();
         tokio::spawn(async move { form_cluster(voters, checked_map, profile).await })
     });
+    let mut ops_listener = match &node.ops {
+        Some(o) => Some(
+            tokio::net::TcpListener::bind(config::listen_addr(o.get_ref()))
+                .await
+                .with_context(|| format!("listen for the ops port on {}", o.get_ref()))?,
+        ),
+        None => None,
+    };
     let mut gateway = None;
     if let Some(addr) = &node.gateway {
-        let listener = tokio::net::TcpListener::bind(addr.get_ref())
+        let listener = tokio::net::TcpListener::bind(config::listen_addr(addr.get_ref()))
             .await
             .with_context(|| format!("listen for the Archive API on {}", addr.get_ref()))?;
-        let ops = match &node.ops {
-            Some(o) => Some(
-                tokio::net::TcpListener::bind(o.get_ref())
-                    .await
-                    .with_context(|| format!("listen for the ops port on {}", o.get_ref()))?,
-            ),
-            None => None,
-        };
         let mut gc = GatewayConfig::new(meta_endpoints.clone());
         gc.site = Some(node.site.get_ref().clone());
         gc.store_deadline = gc.store_deadline.min(grace / 2);
-        let g = Gateway::start(gc, listener, ops)
+        gc.repair = cfg.repair.enabled.then(|| kura_gateway::RepairConfig {
+            rate_bytes_per_sec: (cfg.repair.rate_mb_per_sec.get_ref() * 1e6).max(1.0) as u64,
+            idle_interval: config::secs(&cfg.repair.idle_secs),
+            delete_moved_after: config::secs(&cfg.repair.delete_moved_after_secs),
+            ..kura_gateway::RepairConfig::default()
+        });
+        let g = Gateway::start(gc, listener, ops_listener.take())
             .await
             .context("start the gateway")?;
         println!("  gateway at {}", g.addr());
         gateway = Some(g);
     }
+    // A node without a gateway serves the ops endpoints itself.
+    let ops_task = ops_listener.take().map(|l| {
+        let roles = roles_of(meta.is_some(), store.is_some());
+        tokio::spawn(crate::ops::serve(l, roles))
+    });
     crate::cmd::meta::shutdown_signal().await;
+    if let Some(t) = ops_task {
+        t.abort();
+    }
+    if let Some(j) = joiner {
+        j.abort();
+    }
     eprintln!("kura server: node {id} stopping");
     if let Some(f) = former {
         f.abort();
@@ -168,6 +206,68 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
     }
     eprintln!("kura server: node {id} stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+fn roles_of(meta: bool, store: bool) -> String {
+    match (meta, store) {
+        (true, true) => "meta + store",
+        (true, false) => "meta",
+        (false, true) => "store",
+        (false, false) => "none",
+    }
+    .to_string()
+}
+
+/// Puts this storage node into the cluster map if the map exists without
+/// it: a node added to kura.toml after the cluster formed (a replacement
+/// after a site loss, or more capacity) joins by starting.
+async fn join_map(endpoints: Vec<String>, mut info: kura_placement::NodeInfo) {
+    let client = MetaClient::new(endpoints);
+    let store = match ShardsClient::new(&info.addr) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reach this node's own shard service");
+            return;
+        }
+    };
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let map = match client
+            .query(&Query::GetClusterMap {
+                consistency: Consistency::Linearizable,
+            })
+            .await
+        {
+            Ok(QueryResult::ClusterMap { map: Some(m), .. }) => m,
+            // No map yet: the cluster forms with this node in it.
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "waiting for the metadata cluster to join the map");
+                continue;
+            }
+        };
+        if map.node(info.id).is_some() {
+            return;
+        }
+        if let Ok(s) = store.node_status().await {
+            info.capacity_bytes = s.capacity_bytes;
+            info.used_bytes = s.used_bytes;
+        }
+        match client
+            .propose(&Command::UpsertNode(info.clone()), Retry::Idempotent)
+            .await
+        {
+            Ok(Ok(_)) => {
+                tracing::info!(node = info.id, site = %info.site, "joined the cluster map");
+                return;
+            }
+            Ok(Err(r)) => {
+                tracing::error!(node = info.id, refusal = %r, "the cluster refused this node");
+                return;
+            }
+            Err(e) => tracing::info!(error = %e, "retrying to join the cluster map"),
+        }
+    }
 }
 
 /// Bootstraps the voters and records the map, each once, retrying until
