@@ -52,6 +52,8 @@ pub struct RepairConfig {
     pub rebuild_timeout: Duration,
     /// Manifests fetched per index page.
     pub page: u32,
+    /// Instances repaired at once (each rebuilds its segments in turn).
+    pub concurrency: usize,
     /// A moved shard stays on its old holder this long after the new
     /// holder is recorded, so a read that fetched the older manifest just
     /// before still finds it.
@@ -65,6 +67,7 @@ impl Default for RepairConfig {
             idle_interval: Duration::from_secs(30),
             rebuild_timeout: Duration::from_secs(120),
             page: 500,
+            concurrency: 4,
             delete_moved_after: Duration::from_secs(60),
         }
     }
@@ -147,7 +150,9 @@ impl Repairer {
         });
         let worker = Worker {
             inner,
-            limiter: RateLimiter::new(config.rate_bytes_per_sec),
+            limiter: Arc::new(tokio::sync::Mutex::new(RateLimiter::new(
+                config.rate_bytes_per_sec,
+            ))),
             config,
             shared: Arc::clone(&shared),
         };
@@ -224,10 +229,11 @@ struct Done {
     last_error: Option<String>,
 }
 
+#[derive(Clone)]
 struct Worker {
     inner: Arc<Inner>,
     config: RepairConfig,
-    limiter: RateLimiter,
+    limiter: Arc<tokio::sync::Mutex<RateLimiter>>,
     shared: Arc<Shared>,
 }
 
@@ -258,7 +264,7 @@ impl Worker {
         self.inner.cluster.meta()
     }
 
-    async fn run(mut self) {
+    async fn run(self) {
         loop {
             let started = Instant::now();
             let progressed = match self.pass().await {
@@ -426,7 +432,7 @@ impl Worker {
     }
 
     /// One pass; answers whether anything was repaired.
-    async fn pass(&mut self) -> Result<bool, String> {
+    async fn pass(&self) -> Result<bool, String> {
         let map = self.map().await?;
         let queue = self.build_queue(&map).await?;
         {
@@ -456,7 +462,44 @@ impl Worker {
         }
         let mut remaining_shards: u64 = estimates.iter().map(|e| e.0).sum();
         let mut remaining_bytes: u64 = estimates.iter().map(|e| e.1).sum();
-        for (item, (est_shards, est_bytes)) in queue.into_iter().zip(estimates) {
+        // Instances are started newest first, `concurrency` at a time.
+        let mut running = tokio::task::JoinSet::new();
+        let mut pending = queue.into_iter().zip(estimates);
+        loop {
+            while running.len() < self.config.concurrency.max(1) {
+                let Some((item, est)) = pending.next() else { break };
+                let w = self.clone();
+                running.spawn(async move {
+                    let done = match w.repair_one(&item).await {
+                        Ok(d) => d,
+                        Err(e) => Done {
+                            failures: 1,
+                            waiting: true,
+                            last_error: Some(e),
+                            ..Done::default()
+                        },
+                    };
+                    (done, est)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (done, (est_shards, est_bytes)) = match joined {
+                Ok(r) => r,
+                Err(e) => (
+                    Done {
+                        failures: 1,
+                        waiting: true,
+                        last_error: Some(format!("repair task failed: {e}")),
+                        ..Done::default()
+                    },
+                    (0, 0),
+                ),
+            };
+            remaining_instances -= 1;
+            remaining_shards = remaining_shards.saturating_sub(est_shards);
+            remaining_bytes = remaining_bytes.saturating_sub(est_bytes);
             {
                 let mut s = self.status();
                 s.queue_instances = remaining_instances;
@@ -471,18 +514,6 @@ impl Worker {
                 s.eta_seconds = Some(remaining_bytes as f64 / pace.max(1.0));
                 publish_gauges(&s);
             }
-            let done = match self.repair_one(&item).await {
-                Ok(d) => d,
-                Err(e) => Done {
-                    failures: 1,
-                    waiting: true,
-                    last_error: Some(e),
-                    ..Done::default()
-                },
-            };
-            remaining_instances -= 1;
-            remaining_shards = remaining_shards.saturating_sub(est_shards);
-            remaining_bytes = remaining_bytes.saturating_sub(est_bytes);
             done_bytes += done.written;
             if done.rebuilt + done.moved + done.damaged > 0 {
                 progressed = true;
@@ -544,7 +575,7 @@ impl Worker {
     /// Asks `target` to rebuild `want` of one segment; answers the bytes
     /// read and how many of them crossed sites.
     async fn rebuild(
-        &mut self,
+        &self,
         map: &ClusterMap,
         m: &Manifest,
         job: Job<'_>,
@@ -579,7 +610,7 @@ impl Worker {
         } else {
             len * k
         };
-        self.limiter.take(budget).await;
+        self.limiter.lock().await.take(budget).await;
         let request = pb::RebuildShardsRequest {
             object_key: Bytes::copy_from_slice(&m.object_key),
             segment: segment.index,
@@ -618,7 +649,7 @@ impl Worker {
         Ok((read, cross))
     }
 
-    async fn repair_one(&mut self, item: &Item) -> Result<Done, String> {
+    async fn repair_one(&self, item: &Item) -> Result<Done, String> {
         let mut done = Done::default();
         let Some(m) = self.manifest(&item.tenant, &item.uid).await? else {
             self.clear_damaged(item.damaged.clone()).await;
@@ -653,16 +684,27 @@ impl Worker {
                 }
             }
             let len = shard_bytes(&m, segment);
-            for (target, shards) in by_target {
-                let want: Vec<u8> = shards.iter().map(|s| s.0).collect();
-                let copy = shards.iter().all(|s| s.2);
+            // Every target of the segment rebuilds at once.
+            let jobs: Vec<_> = by_target
+                .into_iter()
+                .map(|(target, shards)| {
+                    let want: Vec<u8> = shards.iter().map(|s| s.0).collect();
+                    let copy = shards.iter().all(|s| s.2);
+                    (target, shards, want, copy)
+                })
+                .collect();
+            let results = futures::future::join_all(jobs.iter().map(|(target, _, want, copy)| {
                 let job = Job {
                     segment,
-                    target,
-                    want: &want,
-                    copy,
+                    target: *target,
+                    want,
+                    copy: *copy,
                 };
-                match self.rebuild(&map, &m, job, &exclude).await {
+                self.rebuild(&map, &m, job, &exclude)
+            }))
+            .await;
+            for ((target, shards, want, _), result) in jobs.into_iter().zip(results) {
+                match result {
                     Ok((read, cross)) => {
                         done.read += read;
                         done.cross_site += cross;

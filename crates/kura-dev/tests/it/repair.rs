@@ -127,9 +127,11 @@ async fn a_lost_node_is_rebuilt_newest_first_and_repair_resumes_after_a_restart(
     let mut c = Cluster::start_with(dir, |cfg| {
         fast(cfg);
         cfg.nodes_per_site = 4;
+        // One instance at a time, so the order of repair is observable.
         cfg.repair = Some(RepairConfig {
             idle_interval: Duration::from_millis(300),
             rate_bytes_per_sec: 300 * 1024,
+            concurrency: 1,
             ..RepairConfig::default()
         });
     })
