@@ -139,6 +139,49 @@ pub struct DevCluster {
     storage: Vec<Option<StorageNode>>,
     gateway: Option<Gateway>,
     meta_endpoints: Vec<String>,
+    drills: tokio::sync::mpsc::Receiver<DrillRequest>,
+}
+
+/// A drill's request to take a site out or bring it back, sent by the
+/// gateway's Admin service to whoever runs the cluster (see
+/// [`DevCluster::next_drill`]).
+pub struct DrillRequest {
+    pub site: String,
+    pub take_out: bool,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<u64>, String>>,
+}
+
+/// The gateway's side of drills: a request over a channel.
+struct DevDrill {
+    tx: tokio::sync::mpsc::Sender<DrillRequest>,
+}
+
+impl DevDrill {
+    async fn ask(&self, site: &str, take_out: bool) -> Result<Vec<u64>, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(DrillRequest {
+                site: site.to_string(),
+                take_out,
+                reply,
+            })
+            .await
+            .map_err(|_| "the dev cluster is not serving drill requests".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the dev cluster dropped the drill request".to_string())?
+    }
+}
+
+#[kura_gateway::admin::async_trait]
+impl kura_gateway::DrillHook for DevDrill {
+    async fn take_out(&self, site: &str) -> Result<Vec<u64>, String> {
+        self.ask(site, true).await
+    }
+
+    async fn restore(&self, site: &str) -> Result<Vec<u64>, String> {
+        self.ask(site, false).await
+    }
 }
 
 async fn bind(host: IpAddr, port: u16, restart: bool) -> Result<TcpListener, DevError> {
@@ -285,6 +328,8 @@ impl DevCluster {
         // Orphan reclaim must never race a live store.
         gc.store_deadline = gc.store_deadline.min(config.orphan_grace / 2);
         gc.repair = config.repair.clone();
+        let (drill_tx, drills) = tokio::sync::mpsc::channel(4);
+        gc.drill = Some(std::sync::Arc::new(DevDrill { tx: drill_tx }));
         let gateway = Gateway::start(gc, gateway_listener, ops_listener)
             .await
             .map_err(|e| start_err("gateway", e))?;
@@ -295,7 +340,45 @@ impl DevCluster {
             storage,
             gateway: Some(gateway),
             meta_endpoints,
+            drills,
         })
+    }
+
+    /// The next drill request (`kura drill site-down` through the Admin
+    /// API); carry it out with [`DevCluster::carry_out`].
+    pub async fn next_drill(&mut self) -> Option<DrillRequest> {
+        self.drills.recv().await
+    }
+
+    /// Stops (or starts) every storage node of the request's site, as a
+    /// datacenter outage would, and answers the request.
+    pub async fn carry_out(&mut self, req: DrillRequest) {
+        let ids: Vec<u64> = self
+            .layout
+            .storage
+            .iter()
+            .filter(|n| n.site == req.site)
+            .map(|n| n.id)
+            .collect();
+        let result = if ids.is_empty() {
+            Err(format!("no storage node in site {:?}", req.site))
+        } else {
+            let mut out = Ok(ids.clone());
+            for &id in &ids {
+                let r = if req.take_out {
+                    self.stop_storage_node(id).await
+                } else {
+                    self.start_storage_node(id).await
+                };
+                if let Err(e) = r {
+                    out = Err(e.to_string());
+                    break;
+                }
+            }
+            out
+        };
+        tracing::warn!(site = %req.site, take_out = req.take_out, ?ids, ok = result.is_ok(), "drill request carried out");
+        let _ = req.reply.send(result);
     }
 
     /// The gateway's gRPC address.

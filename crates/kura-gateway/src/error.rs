@@ -54,6 +54,13 @@ pub enum GatewayError {
     /// A bug or an unexpected state; details are logged.
     #[error("{0}")]
     Internal(String),
+    /// Refused in the cluster's current state (an operation that would
+    /// lose protection); the message says what would be lost and what to do.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// This cluster cannot do that by itself.
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl GatewayError {
@@ -78,6 +85,8 @@ impl GatewayError {
             GatewayError::DataLoss(_) => Code::DataLoss,
             GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             GatewayError::Internal(_) => Code::Internal,
+            GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
+            GatewayError::Unimplemented(_) => Code::Unimplemented,
         }
     }
 
@@ -93,6 +102,8 @@ impl GatewayError {
             GatewayError::DataLoss(_) => "TOO_FEW_GOOD_SHARDS".into(),
             GatewayError::DeadlineExceeded(_) => "DEADLINE_EXCEEDED".into(),
             GatewayError::Internal(_) => "INTERNAL".into(),
+            GatewayError::FailedPrecondition(_) => "REFUSED_IN_THIS_STATE".into(),
+            GatewayError::Unimplemented(_) => "UNIMPLEMENTED".into(),
         }
     }
 
@@ -139,7 +150,9 @@ impl GatewayError {
             }
             GatewayError::DataLoss(_)
             | GatewayError::DeadlineExceeded(_)
-            | GatewayError::Internal(_) => {}
+            | GatewayError::Internal(_)
+            | GatewayError::FailedPrecondition(_)
+            | GatewayError::Unimplemented(_) => {}
         }
         details.set_error_info(self.reason(), ERROR_DOMAIN, meta);
         Status::with_error_details(code, message, details)

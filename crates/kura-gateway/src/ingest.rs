@@ -240,6 +240,9 @@ async fn receive(
     };
     drop(prefix);
     let uid = identity.sop_instance_uid.clone();
+    let span = tracing::Span::current();
+    span.record("tenant", header.tenant.as_str());
+    span.record("sop_instance_uid", uid.as_str());
     tracing::debug!(sop_instance_uid = %uid, tenant = %header.tenant, "store: identity read");
 
     // 2. Already stored? Then only hash what arrives and compare.

@@ -12,6 +12,7 @@
 //! `grpc.health.v1` and server reflection (v1 and v1alpha); an optional
 //! plaintext ops port serves `/healthz`, `/readyz` and `/metrics` ([`ops`]).
 
+pub mod admin;
 pub mod cluster;
 pub mod error;
 pub mod info;
@@ -22,6 +23,7 @@ pub mod retrieve;
 pub mod server;
 pub mod service;
 
+pub use admin::DrillHook;
 pub use error::GatewayError;
 pub use repair::{RepairConfig, RepairHandle, RepairStatus};
 pub use server::{Gateway, GatewayConfig};

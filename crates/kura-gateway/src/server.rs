@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
 
+use crate::admin::{AdminService, DrillHook};
 use crate::cluster::ClusterView;
 use crate::repair::{RepairConfig, RepairHandle, Repairer};
 use crate::service::ArchiveService;
@@ -22,7 +23,7 @@ pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What a gateway needs to start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GatewayConfig {
     /// Metadata voters, `host:port`.
     pub meta_endpoints: Vec<String>,
@@ -41,6 +42,20 @@ pub struct GatewayConfig {
     pub map_refresh: Duration,
     /// Run the repair loop in this gateway (`None`: another gateway does).
     pub repair: Option<RepairConfig>,
+    /// How drills take a site out (`kura dev` only).
+    pub drill: Option<Arc<dyn DrillHook>>,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("meta_endpoints", &self.meta_endpoints)
+            .field("site", &self.site)
+            .field("store_deadline", &self.store_deadline)
+            .field("repair", &self.repair)
+            .field("drill", &self.drill.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GatewayConfig {
@@ -54,6 +69,7 @@ impl GatewayConfig {
             shard_call_timeout: Duration::from_secs(30),
             map_refresh: Duration::from_secs(2),
             repair: Some(RepairConfig::default()),
+            drill: None,
         }
     }
 }
@@ -115,6 +131,9 @@ impl Gateway {
         .send_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let admin = kura_proto::v1::admin_server::AdminServer::new(AdminService {
+            inner: Arc::clone(&inner),
+        });
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ArchiveServer<ArchiveService>>().await;
         let reflection = || {
@@ -136,7 +155,8 @@ impl Gateway {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(archive);
+            .add_service(archive)
+            .add_service(admin);
         let serve =
             router.serve_with_incoming_shutdown(kura_proto::net::incoming(listener), async {
                 let _ = stop_rx.await;

@@ -11,11 +11,12 @@ use kura_proto::meta::{Consistency, LIST_PAGE_MAX, Query, QueryResult};
 use kura_proto::v1::archive_server::Archive;
 use kura_proto::v1::{
     InstanceInfo, ListStudyRequest, RetrieveRequest, RetrieveResponse, StatRequest, StoreRequest,
-    StoreResponse,
+    StoreResponse, StudyProtectionRequest, StudyProtectionResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::cluster::meta_error;
 use crate::error::GatewayError;
@@ -131,7 +132,17 @@ impl Archive for ArchiveService {
         request: Request<Streaming<StoreRequest>>,
     ) -> Result<Response<StoreResponse>, Status> {
         let started = Instant::now();
-        let r = crate::ingest::store(Arc::clone(&self.inner), request.into_inner()).await;
+        // Tenant and UID are recorded by ingest once the header and the
+        // DICOM identity have arrived.
+        let span = tracing::info_span!(
+            "Store",
+            tenant = tracing::field::Empty,
+            sop_instance_uid = tracing::field::Empty
+        );
+        let r = crate::ingest::store(Arc::clone(&self.inner), request.into_inner())
+            .instrument(span.clone())
+            .await;
+        let _entered = span.enter();
         observe("Store", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)
     }
@@ -144,25 +155,33 @@ impl Archive for ArchiveService {
     ) -> Result<Response<Self::RetrieveStream>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        let r = self.manifest(&req.tenant, &req.sop_instance_uid).await;
-        observe("Retrieve", started, &r);
+        let span = tracing::info_span!("Retrieve", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
+        let r = self
+            .manifest(&req.tenant, &req.sop_instance_uid)
+            .instrument(span.clone())
+            .await;
+        {
+            let _entered = span.enter();
+            observe("Retrieve", started, &r);
+        }
         let manifest = Arc::new(r.map_err(GatewayError::into_status)?);
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(crate::retrieve::stream(
-            Arc::clone(&self.inner),
-            manifest,
-            tx,
-        ));
+        tokio::spawn(
+            crate::retrieve::stream(Arc::clone(&self.inner), manifest, tx).instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<InstanceInfo>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
+        let span = tracing::info_span!("Stat", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
         let r = self
             .manifest(&req.tenant, &req.sop_instance_uid)
+            .instrument(span.clone())
             .await
             .map(|m| instance_info(&m));
+        let _entered = span.enter();
         observe("Stat", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)
     }
@@ -228,5 +247,66 @@ impl Archive for ArchiveService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn study_protection(
+        &self,
+        request: Request<StudyProtectionRequest>,
+    ) -> Result<Response<StudyProtectionResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let span = tracing::info_span!("StudyProtection", tenant = %req.tenant, study = %req.study_instance_uid);
+        let r = async {
+            check_tenant(&req.tenant)?;
+            check_uid("study_instance_uid", &req.study_instance_uid)?;
+            let list = ListStudyRequest {
+                tenant: req.tenant.clone(),
+                study_instance_uid: req.study_instance_uid.clone(),
+                series_instance_uid: None,
+            };
+            // The map as the leader has it now, not the cached one.
+            self.inner.cluster.invalidate().await;
+            let state = self.inner.cluster.state().await?;
+            let mut out = StudyProtectionResponse::default();
+            let mut critical = std::collections::BTreeSet::new();
+            let mut after = None;
+            loop {
+                let (page, next) = self.study_page(&list, after).await?;
+                for m in &page {
+                    out.instances += 1;
+                    match m.protection {
+                        kura_placement::Protection::Full => out.fully_protected += 1,
+                        kura_placement::Protection::UnderProtected => out.under_protected += 1,
+                    }
+                    if !kura_placement::readable_now(&state.map, m) {
+                        out.unreadable += 1;
+                    }
+                    for site in kura_placement::critical_sites(&state.map, m) {
+                        critical.insert(site.to_string());
+                    }
+                }
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            if out.instances == 0 {
+                return Err(GatewayError::NotFound {
+                    resource_type: "study",
+                    resource_name: req.study_instance_uid.clone(),
+                    message: format!(
+                        "no instance of study {} in tenant {}",
+                        req.study_instance_uid, req.tenant
+                    ),
+                });
+            }
+            out.survives_site_loss = critical.is_empty() && out.unreadable == 0;
+            out.critical_sites = critical.into_iter().collect();
+            Ok(out)
+        }
+        .instrument(span)
+        .await;
+        observe("StudyProtection", started, &r);
+        r.map(Response::new).map_err(GatewayError::into_status)
     }
 }

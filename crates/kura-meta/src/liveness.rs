@@ -63,6 +63,49 @@ fn judge(
     }
 }
 
+/// Publishes this voter's Raft and cluster gauges (labelled by voter id:
+/// several voters may share a process in `kura dev`).
+fn publish_metrics(id: u64, server: &MetaServer) {
+    let m = server.raft().metrics().borrow().clone();
+    let voter = id.to_string();
+    let last_log = m.last_log_index.unwrap_or(0);
+    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+    metrics::gauge!("kura_meta_raft_term", "voter" => voter.clone()).set(m.current_term as f64);
+    metrics::gauge!("kura_meta_raft_leader", "voter" => voter.clone())
+        .set(m.current_leader.map(|l| l as f64).unwrap_or(-1.0));
+    metrics::gauge!("kura_meta_raft_is_leader", "voter" => voter.clone())
+        .set(f64::from(u8::from(m.current_leader == Some(id))));
+    metrics::gauge!("kura_meta_raft_last_log_index", "voter" => voter.clone()).set(last_log as f64);
+    metrics::gauge!("kura_meta_raft_applied_index", "voter" => voter.clone()).set(applied as f64);
+    metrics::gauge!("kura_meta_raft_apply_lag", "voter" => voter.clone())
+        .set(last_log.saturating_sub(applied) as f64);
+    if m.current_leader != Some(id) {
+        return;
+    }
+    // Cluster-wide gauges from the leader only, so a sum over voters is
+    // not three times the truth.
+    if let Ok(c) = server.reader().counts() {
+        metrics::gauge!("kura_cluster_instances").set(c.total as f64);
+        metrics::gauge!("kura_cluster_under_protected_instances").set(c.under_protected as f64);
+    }
+    if let Ok((Some(map), _)) = server.reader().cluster() {
+        for state in kura_placement::NodeState::ALL {
+            let n = map.nodes.values().filter(|n| n.state == state).count();
+            metrics::gauge!("kura_cluster_nodes", "state" => state.as_str()).set(n as f64);
+        }
+        for n in map.nodes.values() {
+            let node = n.id.to_string();
+            metrics::gauge!("kura_cluster_node_capacity_bytes", "node" => node.clone(), "site" => n.site.clone())
+                .set(n.capacity_bytes as f64);
+            metrics::gauge!("kura_cluster_node_used_bytes", "node" => node.clone(), "site" => n.site.clone())
+                .set(n.used_bytes as f64);
+            metrics::gauge!("kura_cluster_node_up", "node" => node, "site" => n.site.clone()).set(
+                f64::from(u8::from(n.state == kura_placement::NodeState::Up)),
+            );
+        }
+    }
+}
+
 /// Starts the detector of node `id`; it acts only while `id` leads.
 pub(crate) fn spawn(
     id: u64,
@@ -83,6 +126,7 @@ pub(crate) fn spawn(
                 _ = ticker.tick() => {}
             }
             let leader = server.raft().metrics().borrow().current_leader;
+            publish_metrics(id, &server);
             if leader != Some(id) {
                 leading_since = None;
                 continue;

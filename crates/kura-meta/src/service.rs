@@ -245,6 +245,19 @@ impl MetaServer {
                 let (shards, next) = self.reader.damaged(after.as_ref(), limit)?;
                 Ok(QueryResult::DamagedPage { shards, next })
             }
+            Query::ListManifests {
+                tenant,
+                after,
+                limit,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                let limit = limit.clamp(1, LIST_PAGE_MAX) as usize;
+                let (manifests, next) =
+                    self.reader
+                        .list_manifests(&tenant, after.as_deref(), limit)?;
+                Ok(QueryResult::ManifestPage { manifests, next })
+            }
             Query::HolderNodes { consistency } => {
                 self.consistent(consistency).await?;
                 Ok(QueryResult::HolderNodes(self.reader.holder_nodes()?))

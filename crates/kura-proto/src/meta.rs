@@ -304,6 +304,14 @@ pub enum Query {
         limit: u32,
         consistency: Consistency,
     },
+    /// One page of a tenant's manifests in SOP Instance UID order, after
+    /// `after` (a UID) when given; `next` is the last UID of the page.
+    ListManifests {
+        tenant: String,
+        after: Option<String>,
+        limit: u32,
+        consistency: Consistency,
+    },
     /// Every node id some manifest names as a holder, with or without a
     /// place in the map (a node removed by force still holds until repair
     /// has moved its shards).

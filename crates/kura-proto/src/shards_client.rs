@@ -474,6 +474,18 @@ impl ShardsClient {
         )
     }
 
+    /// Starts a scrub pass on the node now; answers whether it scrubs.
+    pub async fn scrub_now(&self) -> Result<bool, ShardsClientError> {
+        let mut request = tonic::Request::new(pb::ScrubNowRequest {});
+        request.set_timeout(self.call_timeout);
+        let mut grpc = self.grpc.clone();
+        let response = self
+            .timed(async move { grpc.scrub_now(request).await })
+            .await??
+            .into_inner();
+        Ok(response.scrubbing)
+    }
+
     /// Removes a shard; answers whether the node held it.
     pub async fn delete_shard(&self, id: &ShardId) -> Result<bool, ShardsClientError> {
         let mut request = tonic::Request::new(pb::DeleteShardRequest {

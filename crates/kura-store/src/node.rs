@@ -155,6 +155,7 @@ impl StorageNode {
             },
         ));
         let scrub_status = Arc::new(crate::scrub::ScrubStatus::default());
+        service.set_scrub(Arc::clone(&scrub_status), scrub_bytes_per_sec > 0);
         let (scrub_stop, scrub_rx) = oneshot::channel();
         let scrub = crate::scrub::spawn(
             node_id,

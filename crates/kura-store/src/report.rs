@@ -67,6 +67,15 @@ pub(crate) fn spawn(
                     continue;
                 }
             };
+            let node = node_id.to_string();
+            metrics::gauge!("kura_store_shards", "node" => node.clone())
+                .set(status.shard_count as f64);
+            metrics::gauge!("kura_store_used_bytes", "node" => node.clone())
+                .set(status.used_bytes as f64);
+            metrics::gauge!("kura_store_capacity_bytes", "node" => node.clone())
+                .set(status.capacity_bytes as f64);
+            metrics::gauge!("kura_store_corrupt_shards", "node" => node)
+                .set(status.corrupt_count as f64);
             let command = Command::ReportUsage {
                 id: node_id,
                 used_bytes: status.used_bytes,

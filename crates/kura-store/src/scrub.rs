@@ -35,6 +35,8 @@ pub struct ScrubStatus {
     pub bytes_checked: AtomicU64,
     /// Shards found corrupt (or missing) by the scrubber.
     pub corrupt_found: AtomicU64,
+    /// Starts the next pass now (`kura admin scrub --now`).
+    pub wake: tokio::sync::Notify,
 }
 
 /// Starts the scrubber; `bytes_per_sec` 0 means it does not run.
@@ -119,6 +121,9 @@ pub(crate) fn spawn(
             tokio::select! {
                 _ = &mut stop => return,
                 _ = tokio::time::sleep(pass_interval) => {}
+                _ = status.wake.notified() => {
+                    tracing::info!(node = node_id, "scrub pass started on request");
+                }
             }
         }
     })

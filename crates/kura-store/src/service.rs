@@ -55,6 +55,8 @@ struct Shared {
     budget_units: u32,
     /// Clients of other nodes, for rebuilds (keyed by address).
     peers: Mutex<HashMap<String, ShardsClient>>,
+    /// The scrubber's counters and wake-up, once it runs.
+    scrub: std::sync::OnceLock<(Arc<crate::scrub::ScrubStatus>, bool)>,
 }
 
 impl ShardsService {
@@ -76,8 +78,14 @@ impl ShardsService {
                 budget: Arc::new(Semaphore::new(budget_units as usize)),
                 budget_units,
                 peers: Mutex::new(HashMap::new()),
+                scrub: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Connects the scrubber (`scrubbing`: its rate is not 0) for ScrubNow.
+    pub fn set_scrub(&self, status: Arc<crate::scrub::ScrubStatus>, scrubbing: bool) {
+        let _ = self.shared.scrub.set((status, scrubbing));
     }
 
     /// Refuses every request from now on (UNAVAILABLE); requests already
@@ -372,6 +380,21 @@ impl Shards for ShardsService {
         run.await
             .map(Response::new)
             .map_err(|e| reply("rebuild", e))
+    }
+
+    async fn scrub_now(
+        &self,
+        _request: Request<pb::ScrubNowRequest>,
+    ) -> Result<Response<pb::ScrubNowResponse>, Status> {
+        self.check_open().map_err(|e| reply("scrub", e))?;
+        let scrubbing = match self.shared.scrub.get() {
+            Some((status, scrubbing)) => {
+                status.wake.notify_one();
+                *scrubbing
+            }
+            None => false,
+        };
+        Ok(Response::new(pb::ScrubNowResponse { scrubbing }))
     }
 
     async fn node_status(

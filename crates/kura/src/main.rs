@@ -66,6 +66,14 @@ enum Command {
     /// Run and manage metadata (Raft) nodes directly.
     #[command(subcommand)]
     Meta(cmd::meta::MetaCommand),
+    /// Operate a running cluster: status, drain, add/remove nodes, profile,
+    /// repair, scrub, protection.
+    #[command(subcommand)]
+    Admin(cmd::admin::AdminCommand),
+    /// Failover drills: take a site out under load and report availability,
+    /// RTO, RPO; re-verify the archive.
+    #[command(subcommand)]
+    Drill(cmd::drill::DrillCommand),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +85,8 @@ fn main() -> ExitCode {
         Command::Dicom(command) => cmd::dicom::run(command),
         Command::Meta(command) => cmd::meta::run(command),
         Command::Server(args) => cmd::server::run(args),
+        Command::Admin(command) => cmd::admin::run(command),
+        Command::Drill(command) => cmd::drill::run(command),
     };
     match result {
         Ok(code) => code,

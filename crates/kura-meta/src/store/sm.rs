@@ -281,6 +281,40 @@ impl StateReader {
         self.recency_page(CF_ATTENTION, &[], after, limit)
     }
 
+    /// One page of a tenant's manifests in UID order, after `after`.
+    pub fn list_manifests(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Manifest>, Option<Vec<u8>>), StorageError> {
+        let h = cf(&self.db, CF_MANIFESTS)?;
+        let prefix = manifest_key(tenant, "");
+        let mut start = manifest_key(tenant, after.unwrap_or(""));
+        if after.is_some() {
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        let mut next = None;
+        for item in self
+            .db
+            .iterator_cf(h, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item.map_err(read_err)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if out.len() == limit {
+                next = out
+                    .last()
+                    .map(|m: &Manifest| m.sop_instance_uid.as_bytes().to_vec());
+                break;
+            }
+            out.push(codec::decode(&value).map_err(read_err)?);
+        }
+        Ok((out, next))
+    }
+
     /// Whether any manifest names `node` as a holder.
     pub fn node_holds_shards(&self, node: NodeId) -> Result<bool, StorageError> {
         Ok(!self.manifests_on_node(node, None, 1)?.0.is_empty())

@@ -252,7 +252,7 @@ pub struct RpcError {
 }
 
 impl RpcError {
-    fn new(status: &tonic::Status, endpoint: &str) -> Self {
+    pub fn new(status: &tonic::Status, endpoint: &str) -> Self {
         let transport = std::error::Error::source(status).is_some();
         let mut message = status.message().to_owned();
         if transport {
@@ -359,6 +359,16 @@ fn join_error_chain(first: &str, err: &dyn std::error::Error) -> String {
 /// Connects (eagerly, so an unreachable gateway is reported as such) and
 /// configures the client: compressed answers accepted, 8 MiB messages.
 async fn connect(raw_endpoint: &str) -> anyhow::Result<(ArchiveClient<Channel>, String)> {
+    let (channel, endpoint) = connect_channel(raw_endpoint).await?;
+    let client = ArchiveClient::new(channel)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
+    Ok((client, endpoint))
+}
+
+/// A channel to the gateway at `raw_endpoint`, connected eagerly.
+pub async fn connect_channel(raw_endpoint: &str) -> anyhow::Result<(Channel, String)> {
     let endpoint = normalize_endpoint(raw_endpoint)?;
     let channel = Endpoint::from_shared(endpoint.clone())
         .with_context(|| format!("endpoint {raw_endpoint:?}"))?
@@ -377,11 +387,7 @@ async fn connect(raw_endpoint: &str) -> anyhow::Result<(ArchiveClient<Channel>, 
                 join_error_chain(&err.to_string(), &err)
             )
         })?;
-    let client = ArchiveClient::new(channel)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
-    Ok((client, endpoint))
+    Ok((channel, endpoint))
 }
 
 fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
@@ -491,7 +497,7 @@ fn write_info(out: &mut impl Write, info: &InstanceInfo) -> io::Result<()> {
     Ok(())
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     serde_json::to_writer_pretty(&mut out, value).context("writing JSON")?;

@@ -37,7 +37,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         config.port = args.port;
         config.ops_port = Some(args.ops_port);
         let restarted = kura_dev::is_dev_data_dir(&args.data);
-        let cluster = DevCluster::start(config)
+        let mut cluster = DevCluster::start(config)
             .await
             .with_context(|| format!("start the dev cluster in {}", args.data.display()))?;
         let gateway = cluster
@@ -77,7 +77,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             );
             println!("Ctrl-C stops the cluster.");
         }
-        crate::cmd::meta::shutdown_signal().await;
+        // Until Ctrl-C, carry out drills (`kura drill site-down`): they stop
+        // and start a site's storage nodes in this process.
+        let stop = crate::cmd::meta::shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(req) = cluster.next_drill() => cluster.carry_out(req).await,
+            }
+        }
         eprintln!("kura dev: stopping");
         cluster.shutdown().await;
         eprintln!("kura dev: stopped");

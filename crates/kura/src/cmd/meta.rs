@@ -77,13 +77,24 @@ fn init_logs() {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` or else `default`.
+/// Logs to stderr, filtered by `RUST_LOG` (else `default`); one JSON
+/// object per line (with the current span's fields: tenant, SOP Instance
+/// UID) when `KURA_LOG_FORMAT=json`.
 pub fn init_logs_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    if std::env::var("KURA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        let _ = builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init();
+    } else {
+        let _ = builder.try_init();
+    }
 }
 
 async fn run_node(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -2,8 +2,10 @@
 //! its clap types and a `run` function that returns the exit code; `main`
 //! only dispatches.
 
+pub mod admin;
 pub mod client;
 pub mod dev;
 pub mod dicom;
+pub mod drill;
 pub mod meta;
 pub mod server;

@@ -1,0 +1,544 @@
+//! `kura admin …`: the operator's commands, through a gateway's
+//! `kura.v1.Admin` service. Every command prints a readable table, or one
+//! JSON document with `--json`. Exit codes: 0 done, 1 refused (e.g. a
+//! remove-node that would lose protection: the message says what), 2 could
+//! not run.
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kura_proto::v1::admin_client::AdminClient;
+use kura_proto::v1::archive_client::ArchiveClient;
+use kura_proto::v1::{
+    AddNodeRequest, ClusterStatus, NodeRequest, ProtectionRequest, RemoveNodeRequest,
+    RepairNowRequest, RepairStatus, ScrubNowRequest, SetProfileRequest, StatusRequest,
+    StudyProtectionRequest,
+};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::cmd::client::{RpcError, connect_channel, print_json};
+
+#[derive(Debug, Clone, Args)]
+pub struct AdminConnect {
+    /// A gateway's endpoint: http://HOST:PORT or HOST:PORT.
+    #[arg(long, env = "KURA_ENDPOINT", default_value = crate::cmd::client::DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Sites, nodes, states, capacity, the Raft leader, protection and
+    /// repair progress.
+    Status(AdminConnect),
+    /// Move every shard off a node (it keeps serving reads meanwhile), with
+    /// progress; afterwards it can be removed.
+    Drain {
+        /// The storage node's id.
+        node: u64,
+        /// Return once draining started, without waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
+    /// Add a running storage node to the cluster map.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        site: String,
+        /// HOST:PORT of its shard service.
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
+    /// Remove a storage node. Refused while it still holds shards, unless
+    /// --force (then repair rebuilds them from the others).
+    RemoveNode {
+        node: u64,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
+    /// Set the erasure profile RS(K, M) for new writes.
+    SetProfile {
+        /// k: data shards per segment.
+        data_shards: u32,
+        /// m: parity shards per segment.
+        parity_shards: u32,
+        /// Set it even if the cluster cannot place it with full protection.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
+    /// Show repair's queue and progress; with --now, start a pass now.
+    Repair {
+        #[arg(long)]
+        now: bool,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
+    /// Start a scrub pass now on every storage node (or one).
+    Scrub {
+        #[arg(long)]
+        now: bool,
+        /// Only this node.
+        #[arg(long, default_value_t = 0)]
+        node: u64,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
+    /// How many instances are fully protected, under-protected or
+    /// unreadable; with --study, whether that study survives losing any
+    /// one site right now.
+    Protection {
+        #[arg(long, value_name = "UID")]
+        study: Option<String>,
+        #[arg(long, env = "KURA_TENANT", default_value = "default")]
+        tenant: String,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
+}
+
+pub fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let result = rt.block_on(run_async(command));
+    match result {
+        Err(err)
+            if err
+                .downcast_ref::<RpcError>()
+                .is_some_and(RpcError::is_refusal) =>
+        {
+            eprintln!("kura: {err:#}");
+            Ok(ExitCode::from(1))
+        }
+        other => other,
+    }
+}
+
+pub async fn admin_client(endpoint: &str) -> anyhow::Result<(AdminClient<Channel>, String)> {
+    let (channel, endpoint) = connect_channel(endpoint).await?;
+    Ok((AdminClient::new(channel), endpoint))
+}
+
+fn rpc(endpoint: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
+    move |s| anyhow::Error::new(RpcError::new(&s, endpoint))
+}
+
+async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AdminCommand::Status(c) => {
+            let (mut client, ep) = admin_client(&c.endpoint).await?;
+            let s = client
+                .status(StatusRequest { brief: false })
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            show_status(&s, c.json)?;
+        }
+        AdminCommand::Drain {
+            node,
+            no_wait,
+            timeout_secs,
+            connect,
+        } => {
+            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let s = client
+                .drain(NodeRequest { id: node })
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            let held = held_by(&s, node);
+            if no_wait || held == 0 {
+                return finish_drain(&s, node, connect.json);
+            }
+            let bar = if connect.json || !io::stderr().is_terminal() {
+                ProgressBar::with_draw_target(Some(held), ProgressDrawTarget::hidden())
+            } else {
+                let b = ProgressBar::new(held);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "draining node {msg} [{bar:30}] {pos}/{len} instances moved, eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b
+            };
+            bar.set_message(node.to_string());
+            let started = Instant::now();
+            let mut last = s;
+            loop {
+                let left = held_by(&last, node);
+                bar.set_position(held.saturating_sub(left));
+                if left == 0 {
+                    break;
+                }
+                if timeout_secs > 0 && started.elapsed() > Duration::from_secs(timeout_secs) {
+                    bar.abandon();
+                    anyhow::bail!(
+                        "node {node} still holds shards of {left} instance(s) after {timeout_secs} s; \
+                         the drain goes on (see kura admin status)"
+                    );
+                }
+                if !connect.json && !io::stderr().is_terminal() {
+                    eprintln!("draining node {node}: {left} instance(s) left");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                last = client
+                    .status(StatusRequest { brief: false })
+                    .await
+                    .map_err(rpc(&ep))?
+                    .into_inner();
+            }
+            bar.finish_and_clear();
+            return finish_drain(&last, node, connect.json);
+        }
+        AdminCommand::AddNode {
+            id,
+            site,
+            addr,
+            name,
+            connect,
+        } => {
+            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let s = client
+                .add_node(AddNodeRequest {
+                    id,
+                    site,
+                    addr,
+                    name,
+                })
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            show_status(&s, connect.json)?;
+        }
+        AdminCommand::RemoveNode {
+            node,
+            force,
+            connect,
+        } => {
+            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let s = client
+                .remove_node(RemoveNodeRequest { id: node, force })
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            show_status(&s, connect.json)?;
+        }
+        AdminCommand::SetProfile {
+            data_shards,
+            parity_shards,
+            force,
+            connect,
+        } => {
+            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let s = client
+                .set_profile(SetProfileRequest {
+                    data_shards,
+                    parity_shards,
+                    force,
+                })
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            show_status(&s, connect.json)?;
+        }
+        AdminCommand::Repair { now, connect } => {
+            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let r = if now {
+                client
+                    .repair_now(RepairNowRequest {})
+                    .await
+                    .map_err(rpc(&ep))?
+                    .into_inner()
+            } else {
+                client
+                    .status(StatusRequest { brief: false })
+                    .await
+                    .map_err(rpc(&ep))?
+                    .into_inner()
+                    .repair
+                    .unwrap_or_default()
+            };
+            if connect.json {
+                print_json(&repair_json(&r))?;
+            } else {
+                let mut out = io::stdout().lock();
+                if now {
+                    writeln!(out, "repair pass started")?;
+                }
+                write_repair(&mut out, &r)?;
+            }
+        }
+        AdminCommand::Scrub { now, node, connect } => {
+            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            if !now {
+                anyhow::bail!(
+                    "storage nodes scrub on their own schedule ([scrub] in kura.toml); \
+                     `kura admin scrub --now` starts a pass now"
+                );
+            }
+            let r = client
+                .scrub_now(ScrubNowRequest { node })
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            if connect.json {
+                print_json(&json!({"started": r.started, "failed": r.failed}))?;
+            } else {
+                println!("scrub started on nodes {:?}", r.started);
+                for f in &r.failed {
+                    println!("not started: {f}");
+                }
+            }
+            if !r.failed.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        AdminCommand::Protection {
+            study,
+            tenant,
+            connect,
+        } => match study {
+            Some(study) => {
+                let (channel, ep) = connect_channel(&connect.endpoint).await?;
+                let mut client = ArchiveClient::new(channel);
+                let p = client
+                    .study_protection(StudyProtectionRequest {
+                        tenant,
+                        study_instance_uid: study.clone(),
+                    })
+                    .await
+                    .map_err(rpc(&ep))?
+                    .into_inner();
+                if connect.json {
+                    print_json(&json!({
+                        "study_instance_uid": study,
+                        "instances": p.instances,
+                        "fully_protected": p.fully_protected,
+                        "under_protected": p.under_protected,
+                        "unreadable": p.unreadable,
+                        "survives_site_loss": p.survives_site_loss,
+                        "critical_sites": p.critical_sites,
+                    }))?;
+                } else {
+                    println!("study {study}: {} instance(s)", p.instances);
+                    println!(
+                        "  fully protected {}, under-protected {}, unreadable {}",
+                        p.fully_protected, p.under_protected, p.unreadable
+                    );
+                    if p.survives_site_loss {
+                        println!("  survives losing any one site now: yes");
+                    } else {
+                        println!(
+                            "  survives losing any one site now: NO (critical sites: {})",
+                            if p.critical_sites.is_empty() {
+                                "-".to_string()
+                            } else {
+                                p.critical_sites.join(", ")
+                            }
+                        );
+                    }
+                }
+            }
+            None => {
+                let (mut client, ep) = admin_client(&connect.endpoint).await?;
+                let p = client
+                    .protection(ProtectionRequest {})
+                    .await
+                    .map_err(rpc(&ep))?
+                    .into_inner();
+                if connect.json {
+                    print_json(&json!({
+                        "instances": p.instances,
+                        "fully_protected": p.fully_protected,
+                        "under_protected": p.under_protected,
+                        "unreadable": p.unreadable,
+                        "at_risk": p.at_risk,
+                    }))?;
+                } else {
+                    println!("instances        {}", p.instances);
+                    println!("fully protected  {}", p.fully_protected);
+                    println!("under-protected  {}", p.under_protected);
+                    println!("unreadable now   {}", p.unreadable);
+                    println!("at risk (one more site lost = unreadable) {}", p.at_risk);
+                }
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn held_by(s: &ClusterStatus, node: u64) -> u64 {
+    s.nodes
+        .iter()
+        .find(|n| n.id == node)
+        .map(|n| n.instances_held)
+        .unwrap_or(0)
+}
+
+fn finish_drain(s: &ClusterStatus, node: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let held = held_by(s, node);
+    if json {
+        print_json(&json!({"node": node, "instances_held": held, "status": status_json(s)}))?;
+    } else if held == 0 {
+        println!(
+            "node {node} is drained: it holds nothing; `kura admin remove-node {node}` removes it"
+        );
+    } else {
+        println!("node {node} is draining: {held} instance(s) still have shards there");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn repair_json(r: &RepairStatus) -> Value {
+    json!({
+        "runs_here": r.runs_here,
+        "active": r.active,
+        "queue_instances": r.queue_instances,
+        "queue_shards": r.queue_shards,
+        "queue_bytes": r.queue_bytes,
+        "eta_seconds": r.eta_seconds,
+        "rate_bytes_per_sec": r.rate_bytes_per_sec,
+        "instances_repaired": r.instances_repaired,
+        "shards_rebuilt": r.shards_rebuilt,
+        "shards_moved": r.shards_moved,
+        "damaged_rewritten": r.damaged_rewritten,
+        "bytes_written": r.bytes_written,
+        "bytes_read": r.bytes_read,
+        "cross_site_bytes": r.cross_site_bytes,
+        "failures": r.failures,
+        "waiting": r.waiting,
+        "last_error": r.last_error,
+    })
+}
+
+pub fn status_json(s: &ClusterStatus) -> Value {
+    json!({
+        "sites": s.sites,
+        "nodes": s.nodes.iter().map(|n| json!({
+            "id": n.id, "name": n.name, "site": n.site, "addr": n.addr, "state": n.state,
+            "capacity_bytes": n.capacity_bytes, "used_bytes": n.used_bytes,
+            "instances_held": n.instances_held,
+        })).collect::<Vec<_>>(),
+        "leader_id": s.leader_id,
+        "voters": s.voters.iter().map(|v| json!({
+            "id": v.id, "addr": v.addr, "state": v.state, "term": v.term,
+            "last_applied": v.last_applied,
+        })).collect::<Vec<_>>(),
+        "map_epoch": s.map_epoch,
+        "profile": s.profile,
+        "instances": s.instances,
+        "under_protected": s.under_protected,
+        "damaged_shards": s.damaged_shards,
+        "repair": s.repair.as_ref().map(repair_json),
+    })
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1}", b as f64 / (1u64 << 30) as f64)
+}
+
+fn write_repair(out: &mut impl Write, r: &RepairStatus) -> io::Result<()> {
+    if !r.runs_here {
+        return writeln!(out, "repair: does not run in this gateway");
+    }
+    writeln!(
+        out,
+        "repair: {} — queue {} instance(s), {} shard(s), {} bytes; eta {}",
+        if r.active { "working" } else { "idle" },
+        r.queue_instances,
+        r.queue_shards,
+        r.queue_bytes,
+        r.eta_seconds
+            .map(|e| format!("{e:.0} s"))
+            .unwrap_or_else(|| "unknown (waiting for nodes)".into())
+    )?;
+    writeln!(
+        out,
+        "  since start: {} instance(s) repaired, {} rebuilt, {} moved, {} damaged rewritten, \
+         {} bytes written, {} read ({} across sites), {} failure(s), {} waiting",
+        r.instances_repaired,
+        r.shards_rebuilt,
+        r.shards_moved,
+        r.damaged_rewritten,
+        r.bytes_written,
+        r.bytes_read,
+        r.cross_site_bytes,
+        r.failures,
+        r.waiting
+    )?;
+    if !r.last_error.is_empty() {
+        writeln!(out, "  last error: {}", r.last_error)?;
+    }
+    Ok(())
+}
+
+fn show_status(s: &ClusterStatus, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&status_json(s));
+    }
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "cluster: {} instance(s), {} under-protected, {} damaged shard(s); profile {}; map epoch {}",
+        s.instances, s.under_protected, s.damaged_shards, s.profile, s.map_epoch
+    )?;
+    writeln!(
+        out,
+        "metadata leader: {}",
+        s.leader_id
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "none (no quorum?)".into())
+    )?;
+    for v in &s.voters {
+        writeln!(
+            out,
+            "  voter {:>3} {:<24} {:<12} term {}",
+            v.id, v.addr, v.state, v.term
+        )?;
+    }
+    writeln!(
+        out,
+        "{:>5}  {:<10} {:<10} {:<22} {:<9} {:>9} {:>9} {:>9}",
+        "node", "name", "site", "addr", "state", "used GiB", "cap GiB", "instances"
+    )?;
+    for site in &s.sites {
+        for n in s.nodes.iter().filter(|n| &n.site == site) {
+            writeln!(
+                out,
+                "{:>5}  {:<10} {:<10} {:<22} {:<9} {:>9} {:>9} {:>9}",
+                n.id,
+                n.name,
+                n.site,
+                n.addr,
+                n.state,
+                gib(n.used_bytes),
+                gib(n.capacity_bytes),
+                n.instances_held
+            )?;
+        }
+    }
+    if let Some(r) = &s.repair {
+        write_repair(&mut out, r)?;
+    }
+    Ok(())
+}
