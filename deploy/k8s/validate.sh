@@ -16,6 +16,10 @@
 #   5. Proves that it catches mistakes: broken copies of the manifests
 #      (a misspelt field, an address of no pod, a budget too large, ids off
 #      by one) must each be refused, for the expected reason.
+#   6. ../grafana/check.py: the Grafana dashboard's layout and queries
+#      against Kura's metric list, and that list against crates/*/src;
+#      copies with a metric renamed (in the sources, in the dashboard)
+#      must be refused.
 #
 # Environment:
 #   KURA_PYTHON        Python >= 3.11 whose environment gets the pinned tools
@@ -135,4 +139,45 @@ for t in "${self_tests[@]}"; do
   fi
   echo "validate.sh: self-test $i ($what, $file): refused: $reason"
 done
+
+# The Grafana dashboard, from the repository root (check.py greps
+# crates/*/src there); then copies with a metric renamed must be refused.
+root="$(cd "$here/../.." && pwd)"
+if ! grafana="$(cd "$root" && "$PY" deploy/grafana/check.py)"; then
+  echo "$grafana" >&2
+  echo "validate.sh: the Grafana dashboard and the metrics disagree (deploy/grafana/check.py)" >&2
+  exit 1
+fi
+mkdir -p "$tmp/grafana/deploy"
+cp -r "$root/deploy/grafana" "$tmp/grafana/deploy/"
+for src in "$root"/crates/*/src; do
+  mkdir -p "$tmp/grafana/crates/$(basename "$(dirname "$src")")"
+  cp -r "$src" "$tmp/grafana/crates/$(basename "$(dirname "$src")")/"
+done
+# Each broken copy: what is renamed|where (files under $tmp/grafana)|sed|the reason.
+grafana_tests=(
+  "a metric renamed in the sources|crates|s/\"kura_repair_eta_seconds\"/\"kura_repair_eta_secs\"/|no \"kura_repair_eta_seconds\" in crates/*/src"
+  "a metric misspelt in the dashboard|deploy/grafana/kura-dashboard.json|s/kura_store_used_bytes/kura_store_use_bytes/g|unknown metric kura_store_use_bytes"
+)
+for t in "${grafana_tests[@]}"; do
+  IFS='|' read -r what where expr reason <<<"$t"
+  copy="$tmp/grafana-broken"
+  rm -rf "$copy"
+  cp -r "$tmp/grafana" "$copy"
+  find "$copy/$where" -type f \( -name '*.rs' -o -name '*.json' \) -exec sed -i -e "$expr" {} +
+  if diff -rq "$tmp/grafana" "$copy" >/dev/null; then
+    echo "validate.sh: grafana self-test ($what): '$expr' changed nothing" >&2
+    exit 1
+  fi
+  if (cd "$copy" && "$PY" deploy/grafana/check.py) >"$copy.log" 2>&1; then
+    echo "validate.sh: grafana self-test: $what was accepted" >&2
+    exit 1
+  fi
+  if ! grep -qF -- "$reason" "$copy.log"; then
+    echo "validate.sh: grafana self-test: $what was refused, but not with \"$reason\":" >&2
+    cat "$copy.log" >&2
+    exit 1
+  fi
+done
+echo "validate.sh: grafana: $grafana; refuses ${#grafana_tests[@]} broken copies (renamed metrics)"
 echo "validate.sh: ok"
