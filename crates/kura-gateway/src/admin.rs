@@ -221,7 +221,21 @@ impl AdminService {
             let held = if brief {
                 0
             } else {
-                self.on_node(n.id, HELD_COUNT_MAX).await?.len() as u64
+                match self
+                    .query(Query::CountOnNode {
+                        node: n.id,
+                        max: HELD_COUNT_MAX,
+                        consistency: Consistency::Linearizable,
+                    })
+                    .await?
+                {
+                    QueryResult::Count(c) => c,
+                    other => {
+                        return Err(GatewayError::Internal(format!(
+                            "unexpected answer to CountOnNode: {other:?}"
+                        )));
+                    }
+                }
             };
             nodes.push(pb::NodeStatus {
                 id: n.id,

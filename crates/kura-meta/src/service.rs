@@ -258,6 +258,14 @@ impl MetaServer {
                         .list_manifests(&tenant, after.as_deref(), limit)?;
                 Ok(QueryResult::ManifestPage { manifests, next })
             }
+            Query::CountOnNode {
+                node,
+                max,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                Ok(QueryResult::Count(self.reader.count_on_node(node, max)?))
+            }
             Query::HolderNodes { consistency } => {
                 self.consistent(consistency).await?;
                 Ok(QueryResult::HolderNodes(self.reader.holder_nodes()?))

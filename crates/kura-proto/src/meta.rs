@@ -312,6 +312,13 @@ pub enum Query {
         limit: u32,
         consistency: Consistency,
     },
+    /// How many manifests name `node` as a holder, counted up to `max`
+    /// (from the holder index alone: cheap enough for status pages).
+    CountOnNode {
+        node: NodeId,
+        max: u64,
+        consistency: Consistency,
+    },
     /// Every node id some manifest names as a holder, with or without a
     /// place in the map (a node removed by force still holds until repair
     /// has moved its shards).
@@ -347,6 +354,7 @@ pub enum QueryResult {
         next: Option<DamagedShard>,
     },
     HolderNodes(Vec<NodeId>),
+    Count(u64),
 }
 
 /// A voter of the metadata cluster: its Raft id and the address of its

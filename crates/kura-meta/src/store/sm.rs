@@ -315,6 +315,24 @@ impl StateReader {
         Ok((out, next))
     }
 
+    /// How many manifests name `node` as a holder, up to `max`.
+    pub fn count_on_node(&self, node: NodeId, max: u64) -> Result<u64, StorageError> {
+        let h = cf(&self.db, CF_HOLDERS)?;
+        let prefix = node.to_be_bytes();
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(h, IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (key, _) = item.map_err(read_err)?;
+            if !key.starts_with(&prefix) || n >= max {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Whether any manifest names `node` as a holder.
     pub fn node_holds_shards(&self, node: NodeId) -> Result<bool, StorageError> {
         Ok(!self.manifests_on_node(node, None, 1)?.0.is_empty())
