@@ -251,7 +251,9 @@ pub enum Consistency {
     Stale,
 }
 
-/// A read of the metadata state.
+/// A read of the metadata state. New variants go at the end: bincode
+/// names a variant by its position, and voters and gateways of different
+/// builds must understand each other during a rolling upgrade.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
     GetManifest {
@@ -304,6 +306,10 @@ pub enum Query {
         limit: u32,
         consistency: Consistency,
     },
+    /// Every node id some manifest names as a holder, with or without a
+    /// place in the map (a node removed by force still holds until repair
+    /// has moved its shards).
+    HolderNodes { consistency: Consistency },
     /// One page of a tenant's manifests in SOP Instance UID order, after
     /// `after` (a UID) when given; `next` is the last UID of the page.
     ListManifests {
@@ -319,10 +325,6 @@ pub enum Query {
         max: u64,
         consistency: Consistency,
     },
-    /// Every node id some manifest names as a holder, with or without a
-    /// place in the map (a node removed by force still holds until repair
-    /// has moved its shards).
-    HolderNodes { consistency: Consistency },
 }
 
 /// The answer to a [`Query`].
