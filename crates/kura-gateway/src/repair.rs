@@ -467,7 +467,9 @@ impl Worker {
         let mut pending = queue.into_iter().zip(estimates);
         loop {
             while running.len() < self.config.concurrency.max(1) {
-                let Some((item, est)) = pending.next() else { break };
+                let Some((item, est)) = pending.next() else {
+                    break;
+                };
                 let w = self.clone();
                 running.spawn(async move {
                     let done = match w.repair_one(&item).await {
