@@ -261,7 +261,7 @@ async fn run_once(a: &Args, rate: Option<u64>) -> Result<(), String> {
         let _ = t.await;
     }
     let st = repair.status();
-    let s = samples.lock().unwrap_or_else(|e| e.into_inner());
+    let s = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
     let lat = |p: u8, is_store: bool| -> Vec<f64> {
         s.calls
             .iter()
@@ -297,7 +297,6 @@ async fn run_once(a: &Args, rate: Option<u64>) -> Result<(), String> {
         );
     }
     println!("  client errors: {}", s.errors);
-    drop(s);
     dev.shutdown().await;
     Ok(())
 }

@@ -755,7 +755,49 @@ async fn write_segment(
             }
         }
     });
-    let holders: Vec<Option<u64>> = futures::future::join_all(puts).await;
+    // Once enough shards are durable for the segment to be readable and
+    // to survive one more loss, the others get a short grace, then count
+    // as unplaced (repair places them): a storage node that holds its
+    // connections but never answers (hung, not dead) must not hold up
+    // every store for a whole call timeout. Found by the chaos suite.
+    let total = ec.total_shards();
+    let needed_now = usize::from(ec.data_shards) + usize::from(ec.parity_shards > 0);
+    let mut pending: futures::stream::FuturesUnordered<_> = puts
+        .enumerate()
+        .map(|(i, put)| async move { (i, put.await) })
+        .collect();
+    let mut holders: Vec<Option<u64>> = vec![None; total];
+    let mut durable = 0usize;
+    let mut grace_end: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace_end {
+            None => futures::StreamExt::next(&mut pending).await,
+            Some(end) => {
+                match tokio::time::timeout_at(end, futures::StreamExt::next(&mut pending)).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        tracing::warn!(
+                            segment = seg_index,
+                            stragglers = pending.len(),
+                            "shard writes still unanswered after the grace: stored under-protected"
+                        );
+                        metrics::counter!("kura_gateway_shard_write_failures_total")
+                            .increment(pending.len() as u64);
+                        break;
+                    }
+                }
+            }
+        };
+        let Some((i, holder)) = next else { break };
+        if let (Some(node), Some(slot)) = (holder, holders.get_mut(i)) {
+            *slot = Some(node);
+            durable += 1;
+            if durable >= needed_now && grace_end.is_none() {
+                grace_end = Some(tokio::time::Instant::now() + gw.config.straggler_grace);
+            }
+        }
+    }
+    drop(pending);
     {
         let mut w = written
             .lock()

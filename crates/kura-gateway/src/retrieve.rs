@@ -176,7 +176,25 @@ async fn read_segment_with(
     let k = manifest.ec.data_shards;
     let n = manifest.ec.total_shards();
     let plan = read_plan(&state.map, seg, k, gw.config.site.as_deref());
-    let mut candidates = plan.holders().collect::<Vec<_>>().into_iter();
+    // Holders the map calls `Down` come last: failure detection can be
+    // wrong (a partition between a node and the leader only), and a shard
+    // that answers beats an UNAVAILABLE.
+    let last_resort = |plan: &kura_placement::ReadPlan| -> Vec<(u8, u64)> {
+        let mut all: Vec<(u8, u64)> = plan.holders().collect();
+        for s in &seg.shards {
+            if let Some(node) = s.node
+                && state
+                    .map
+                    .node(node)
+                    .is_some_and(|n| n.state == kura_placement::NodeState::Down)
+                && !all.iter().any(|&(i, _)| i == s.index)
+            {
+                all.push((s.index, node));
+            }
+        }
+        all
+    };
+    let mut candidates = last_resort(&plan).into_iter();
     let expectation = SegmentExpectation {
         object_key: manifest.object_key,
         index: seg.index,
@@ -301,7 +319,7 @@ async fn read_segment_with(
         // Start over with every readable holder, verifying each shard alone
         // before it counts.
         verify_each = true;
-        candidates = plan.holders().collect::<Vec<_>>().into_iter();
+        candidates = last_resort(&plan).into_iter();
         for _ in 0..usize::from(k) {
             if let Some((shard, node)) = candidates.next() {
                 inflight.push(launch(shard, node));

@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub shard_call_timeout: Duration,
     /// How long a fetched cluster map is used before it is fetched again.
     pub map_refresh: Duration,
+    /// Once k + 1 shards of a segment are durable, how long the remaining
+    /// shard writes may take before they count as unplaced.
+    pub straggler_grace: Duration,
     /// Run the repair loop in this gateway (`None`: another gateway does).
     pub repair: Option<RepairConfig>,
     /// How drills take a site out (`kura dev` only).
@@ -68,6 +71,7 @@ impl GatewayConfig {
             connect_timeout: Duration::from_secs(2),
             shard_call_timeout: Duration::from_secs(30),
             map_refresh: Duration::from_secs(2),
+            straggler_grace: Duration::from_secs(2),
             repair: Some(RepairConfig::default()),
             drill: None,
         }

@@ -89,6 +89,8 @@ struct Inner {
     channels: Mutex<HashMap<String, Channel>>,
     attempt_timeout: Duration,
     call_deadline: Duration,
+    /// The next endpoint to try when no leader is known.
+    rotor: std::sync::atomic::AtomicUsize,
 }
 
 impl MetaClient {
@@ -108,6 +110,7 @@ impl MetaClient {
             inner: Arc::new(Inner {
                 endpoints,
                 leader: Mutex::new(None),
+                rotor: std::sync::atomic::AtomicUsize::new(0),
                 channels: Mutex::new(HashMap::new()),
                 attempt_timeout,
                 call_deadline,
@@ -165,20 +168,26 @@ impl MetaClient {
         let payload = codec::encode(request)?;
         let deadline = Instant::now() + self.inner.call_deadline;
         let mut backoff = BACKOFF_MIN;
-        let mut next_endpoint = 0usize;
         let mut last_error = String::from("no endpoint configured");
         loop {
             let target = match self.leader_hint() {
                 Some(leader) => leader,
                 None => {
+                    // Rotate through the endpoints across calls, not from
+                    // the first one in each call: a black-holed voter
+                    // (packets dropped, so every attempt there runs to its
+                    // timeout) must not be every call's first choice.
+                    let i = self
+                        .inner
+                        .rotor
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(addr) = self
                         .inner
                         .endpoints
-                        .get(next_endpoint % self.inner.endpoints.len().max(1))
+                        .get(i % self.inner.endpoints.len().max(1))
                     else {
                         return Err(MetaClientError::Unavailable(last_error));
                     };
-                    next_endpoint += 1;
                     addr.clone()
                 }
             };

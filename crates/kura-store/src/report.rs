@@ -35,10 +35,12 @@ pub(crate) fn spawn(
     let interval = interval.max(REPORT_INTERVAL_MIN);
     // A report never runs into the next one: its retries end with the
     // interval (but get at least a few attempts).
+    // At least two attempts per report, so one voter that swallows
+    // packets cannot make every report miss (found by the chaos suite).
     let client = MetaClient::with_timeouts(
         endpoints,
         REPORT_ATTEMPT_TIMEOUT,
-        interval.max(REPORT_ATTEMPT_TIMEOUT),
+        interval.max(REPORT_ATTEMPT_TIMEOUT * 2),
     );
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);

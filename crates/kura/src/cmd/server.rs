@@ -88,9 +88,11 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
     let cfg = &checked.config;
     let grace = Duration::from_secs(cfg.cluster.orphan_grace_secs);
     let report_interval = config::secs(&cfg.cluster.report_interval_secs);
-    let mut timeouts = kura_meta::service::ServiceTimeouts::default();
-    timeouts.node_down_after = config::secs(&cfg.cluster.node_down_after_secs);
-    timeouts.node_lost_after = config::secs(&cfg.cluster.node_lost_after_secs);
+    let timeouts = kura_meta::service::ServiceTimeouts {
+        node_down_after: config::secs(&cfg.cluster.node_down_after_secs),
+        node_lost_after: config::secs(&cfg.cluster.node_lost_after_secs),
+        ..Default::default()
+    };
 
     let mut meta = None;
     if let Some(addr) = &node.meta {
