@@ -305,6 +305,15 @@ impl AdminService {
         })
     }
 
+    /// After a map change: repair looks at once, and the caller sees the
+    /// new state.
+    async fn changed(&self) -> Result<pb::ClusterStatus, GatewayError> {
+        if let Some(h) = self.inner.repair.get() {
+            h.wake();
+        }
+        self.status().await
+    }
+
     async fn protection(&self) -> Result<pb::ProtectionSummary, GatewayError> {
         let (map, _) = self.map().await?;
         let status = self.status_counts().await?;
@@ -441,10 +450,7 @@ impl Admin for AdminService {
                 state: NodeState::Draining,
             })
             .await?;
-            if let Some(h) = self.inner.repair.get() {
-                h.wake();
-            }
-            self.status().await
+            self.changed().await
         }
         .await;
         run("Drain", started, r)
@@ -505,10 +511,7 @@ impl Admin for AdminService {
                 used_bytes: s.used_bytes,
             }))
             .await?;
-            if let Some(h) = self.inner.repair.get() {
-                h.wake();
-            }
-            self.status().await
+            self.changed().await
         }
         .await;
         run("AddNode", started, r)
@@ -556,10 +559,7 @@ impl Admin for AdminService {
                 force: req.force,
             })
             .await?;
-            if let Some(h) = self.inner.repair.get() {
-                h.wake();
-            }
-            self.status().await
+            self.changed().await
         }
         .await;
         run("RemoveNode", started, r)
