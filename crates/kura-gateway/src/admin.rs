@@ -137,20 +137,18 @@ impl AdminService {
         }
     }
 
-    /// Every manifest of a node-index page walk (bounded by `max`).
-    async fn on_node(&self, node: NodeId, max: u64) -> Result<Vec<Manifest>, GatewayError> {
+    /// Every manifest of an index walked page by page (stopping once `max`
+    /// are collected).
+    async fn pages(
+        &self,
+        query: impl Fn(Option<Vec<u8>>) -> Query,
+        max: u64,
+    ) -> Result<Vec<Manifest>, GatewayError> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
-            let answer = self
-                .query(Query::ManifestsOnNode {
-                    node,
-                    after,
-                    limit: 1000,
-                    consistency: Consistency::Linearizable,
-                })
-                .await?;
-            let QueryResult::ManifestPage { manifests, next } = answer else {
+            let QueryResult::ManifestPage { manifests, next } = self.query(query(after)).await?
+            else {
                 return Err(GatewayError::Internal("unexpected answer to a page".into()));
             };
             out.extend(manifests);
@@ -161,26 +159,31 @@ impl AdminService {
         }
     }
 
+    /// Manifests naming `node` as a holder (at most about `max`).
+    async fn on_node(&self, node: NodeId, max: u64) -> Result<Vec<Manifest>, GatewayError> {
+        self.pages(
+            |after| Query::ManifestsOnNode {
+                node,
+                after,
+                limit: 1000,
+                consistency: Consistency::Linearizable,
+            },
+            max,
+        )
+        .await
+    }
+
+    /// Manifests stored under-protected or with an unplaced shard.
     async fn attention(&self) -> Result<Vec<Manifest>, GatewayError> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let answer = self
-                .query(Query::Attention {
-                    after,
-                    limit: 1000,
-                    consistency: Consistency::Linearizable,
-                })
-                .await?;
-            let QueryResult::ManifestPage { manifests, next } = answer else {
-                return Err(GatewayError::Internal("unexpected answer to a page".into()));
-            };
-            out.extend(manifests);
-            match next {
-                Some(n) => after = Some(n),
-                None => return Ok(out),
-            }
-        }
+        self.pages(
+            |after| Query::Attention {
+                after,
+                limit: 1000,
+                consistency: Consistency::Linearizable,
+            },
+            u64::MAX,
+        )
+        .await
     }
 
     pub(crate) async fn status(&self) -> Result<pb::ClusterStatus, GatewayError> {
