@@ -27,6 +27,10 @@ pub struct RaftTimings {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot once this many entries were applied since the last.
     pub snapshot_every_entries: u64,
+    /// Also build one once this many bytes were appended to the log since
+    /// the last one this trigger asked for: bulk imports write few, large
+    /// entries, and the log is purged only behind a snapshot.
+    pub snapshot_every_bytes: u64,
     /// Entries kept in the log behind the snapshot, so a follower a little
     /// behind catches up from the log instead of a whole snapshot.
     pub log_kept_behind_snapshot: u64,
@@ -44,6 +48,7 @@ impl Default for RaftTimings {
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             snapshot_every_entries: 50_000,
+            snapshot_every_bytes: 256 << 20,
             log_kept_behind_snapshot: 10_000,
         }
     }
@@ -72,6 +77,7 @@ pub struct MetaNode {
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     detector_stop: Option<oneshot::Sender<()>>,
     detector: Option<JoinHandle<()>>,
+    snapshot_trigger: JoinHandle<()>,
 }
 
 impl MetaNode {
@@ -88,6 +94,7 @@ impl MetaNode {
         let db = open_db(&db_dir)
             .map_err(|e| MetaError::Storage(format!("open {}: {e}", db_dir.display())))?;
         let log = LogStore::new(db.clone());
+        let appended = log.appended_bytes();
         let sm = StateMachine::open(db, &config.data_dir.join("snapshots"))?;
         let reader = sm.reader();
         let t = config.timings;
@@ -119,6 +126,11 @@ impl MetaNode {
         .await
         .map_err(|e| MetaError::Fatal(e.to_string()))?;
         let service = MetaServer::new(raft.clone(), reader, config.timeouts);
+        let snapshot_trigger = tokio::spawn(snapshot_by_bytes(
+            raft.clone(),
+            appended,
+            t.snapshot_every_bytes,
+        ));
         let (detector_stop, detector_rx) = oneshot::channel::<()>();
         let detector = crate::liveness::spawn(
             config.id,
@@ -160,6 +172,7 @@ impl MetaNode {
             server: Some(server),
             detector_stop: Some(detector_stop),
             detector: Some(detector),
+            snapshot_trigger,
         })
     }
 
@@ -208,6 +221,7 @@ impl MetaNode {
     /// Stops Raft and the server and releases the data directory. Nothing
     /// of this node keeps running afterwards.
     pub async fn shutdown(mut self) -> Result<(), MetaError> {
+        self.snapshot_trigger.abort();
         if let Some(tx) = self.detector_stop.take() {
             let _ = tx.send(());
         }
@@ -229,8 +243,30 @@ impl MetaNode {
     }
 }
 
+/// Asks for a snapshot whenever `every` more bytes reached the log: a
+/// second policy beside openraft's count of entries.
+async fn snapshot_by_bytes(raft: Raft, appended: Arc<std::sync::atomic::AtomicU64>, every: u64) {
+    if every == 0 {
+        return;
+    }
+    let mut mark = 0u64;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = appended.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(mark) >= every {
+            mark = now;
+            if let Err(e) = raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "could not ask for a snapshot");
+                return;
+            }
+        }
+    }
+}
+
 impl Drop for MetaNode {
     fn drop(&mut self) {
+        self.snapshot_trigger.abort();
         // A node dropped without shutdown() still stops serving.
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -1,7 +1,7 @@
 //! The openraft type configuration: what the log carries (a
 //! [`kura_proto::meta::Command`]), what applying answers, and how snapshots
-//! travel (a file, so a snapshot of millions of manifests never has to fit
-//! in memory).
+//! travel (a file made from a RocksDB checkpoint, so a snapshot of millions
+//! of manifests never has to fit in memory: see [`crate::store::snapdata`]).
 
 use kura_proto::meta::{Command, CommandResult};
 
@@ -13,7 +13,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = crate::store::snapdata::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

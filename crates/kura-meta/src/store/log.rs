@@ -23,6 +23,9 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// Bytes appended since this process started (the snapshot trigger
+    /// reads it).
+    appended: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -39,7 +42,15 @@ fn key_index(key: &[u8]) -> Result<u64, StorageError> {
 impl LogStore {
     /// The log store over `db` (opened with [`super::open_db`]).
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        Self {
+            db,
+            appended: Arc::default(),
+        }
+    }
+
+    /// A counter of the bytes appended to this log since it was opened.
+    pub fn appended_bytes(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.appended.clone()
     }
 
     fn get_raft<T: serde::de::DeserializeOwned>(
@@ -149,10 +160,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut appended = 0u64;
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(write_err)?;
+            appended += bytes.len() as u64;
             batch.put_cf(cf, index_key(entry.log_id.index), bytes);
         }
+        self.appended
+            .fetch_add(appended, std::sync::atomic::Ordering::Relaxed);
         // Synced: openraft counts this node's vote for these entries once
         // the callback fires.
         let result = self.db.write_opt(batch, &sync_write_opts());

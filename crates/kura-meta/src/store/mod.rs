@@ -1,6 +1,6 @@
 //! The durable half of a metadata node: one RocksDB holding the Raft log
-//! ([`log`]) and the state machine ([`sm`]), plus snapshot files
-//! ([`snapshot`]).
+//! ([`log`]) and the state machine ([`sm`]), plus snapshots: RocksDB
+//! checkpoints ([`snapdata`]) streamed in the [`snapshot`] file format.
 //!
 //! One database, several column families:
 //!
@@ -23,6 +23,7 @@
 
 pub mod log;
 pub mod sm;
+pub mod snapdata;
 pub mod snapshot;
 
 use std::path::Path;
@@ -62,6 +63,11 @@ pub(crate) const SM_CFS: [&str; 7] = [
     CF_DAMAGED,
 ];
 
+/// Every column family of the database, Raft's and the state machine's.
+pub(crate) const ALL_CFS: [&str; 9] = [
+    CF_LOG, CF_RAFT, SM_CFS[0], SM_CFS[1], SM_CFS[2], SM_CFS[3], SM_CFS[4], SM_CFS[5], SM_CFS[6],
+];
+
 /// Opens (or creates) the database of a metadata node.
 pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
@@ -70,10 +76,24 @@ pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // Metadata is small and hot; keep files few and compaction cheap.
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(4);
-    let cfs = [CF_LOG, CF_RAFT]
-        .into_iter()
-        .chain(SM_CFS)
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    // Flush the column families that pin old write-ahead log files once the
+    // log reaches this size. RocksDB's default is four times all the write
+    // buffers, gigabytes with nine column families, of which small ones
+    // (`raft`, `sm`) rarely fill a memtable on their own.
+    opts.set_max_total_wal_size(256 << 20);
+    let cfs = ALL_CFS.into_iter().map(|name| {
+        let mut cf_opts = Options::default();
+        if name == CF_MANIFESTS || name == CF_OBJECTS {
+            // Point lookups of mostly absent keys (every new put checks
+            // for a conflict): a bloom filter answers "absent" without
+            // reading a block from each level, so puts stay as fast with
+            // millions of manifests as with none.
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            cf_opts.set_block_based_table_factory(&table);
+        }
+        ColumnFamilyDescriptor::new(name, cf_opts)
+    });
     Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
 }
 

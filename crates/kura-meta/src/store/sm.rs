@@ -20,6 +20,7 @@ use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
+use super::snapdata::{Materialize, SnapshotData};
 use super::snapshot;
 use super::{
     CF_ATTENTION, CF_DAMAGED, CF_HOLDERS, CF_MANIFESTS, CF_OBJECTS, CF_RAFT, CF_SM, CF_STUDY,
@@ -32,7 +33,9 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_MAP: &[u8] = b"map";
 const KEY_PROFILE: &[u8] = b"profile";
 const KEY_COUNTS: &[u8] = b"counts";
-/// In `raft`: the current snapshot's meta and file name.
+/// In `raft`: the current snapshot's meta and file name (`snap-ID.bin`;
+/// a snapshot this node built is kept as the checkpoint `snap-ID.ckpt` and
+/// has the file only once a follower needed it).
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// In `raft`: set while a snapshot is being loaded; a restart finishes it.
 const KEY_INSTALLING: &[u8] = b"installing";
@@ -469,6 +472,7 @@ pub struct StateMachine {
     db: Arc<DB>,
     snapshot_dir: PathBuf,
     snapshot_seq: Arc<AtomicU64>,
+    materialize: Arc<std::sync::Mutex<()>>,
 }
 
 impl StateMachine {
@@ -476,10 +480,12 @@ impl StateMachine {
     /// `snapshot_dir`. Finishes a snapshot install a crash interrupted.
     pub fn open(db: Arc<DB>, snapshot_dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(write_err)?;
+        remove_unfinished(snapshot_dir);
         let sm = Self {
             db,
             snapshot_dir: snapshot_dir.to_owned(),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            materialize: Arc::new(std::sync::Mutex::new(())),
         };
         let raft_cf = cf(&sm.db, CF_RAFT)?;
         if let Some(bytes) = sm.db.get_cf(raft_cf, KEY_INSTALLING).map_err(read_err)? {
@@ -521,17 +527,49 @@ fn load_and_mark(db: &DB, dir: &Path, current: &CurrentSnapshot) -> Result<(), S
     db.write_opt(batch, &sync_write_opts()).map_err(write_err)
 }
 
-/// Deletes snapshot files other than `keep` (files being written end in
-/// `.tmp` and are left alone).
+/// The checkpoint directory kept for the snapshot file `file`.
+fn checkpoint_name(file: &str) -> String {
+    format!("{}.ckpt", file.strip_suffix(".bin").unwrap_or(file))
+}
+
+/// Deletes snapshot files and checkpoints other than those of `keep` (the
+/// current snapshot's file name). Anything still being written ends in
+/// `.tmp` and is left alone.
 fn remove_old_snapshots(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let keep_checkpoint = checkpoint_name(keep);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("snap-") || name == keep || name == keep_checkpoint.as_str() {
+            continue;
+        }
+        if name.ends_with(".bin") {
+            let _ = std::fs::remove_file(entry.path());
+        } else if name.ends_with(".ckpt") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Deletes what a crash left half-written: received files, snapshot files
+/// and checkpoints not yet renamed into place.
+fn remove_unfinished(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("snap-") && name.ends_with(".bin") && name != keep {
-            let _ = std::fs::remove_file(entry.path());
+        if name.ends_with(".tmp") || name.starts_with("incoming-") {
+            let path = entry.path();
+            if path.is_dir() {
+                let _ = std::fs::remove_dir_all(&path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
@@ -895,12 +933,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             db: self.db.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
             seq: self.snapshot_seq.clone(),
+            materialize: self.materialize.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        // An unlinked file: nothing to clean up if the transfer is
-        // abandoned; install_snapshot copies it to a named file.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        // install_snapshot renames it into place; an abandoned transfer's
+        // file is deleted when the next one is installed or at restart.
         let n = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let path = self
             .snapshot_dir
@@ -911,19 +950,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .create_new(true)
             .open(&path)
             .map_err(write_err)?;
-        let _ = std::fs::remove_file(&path);
-        Ok(Box::new(tokio::fs::File::from_std(file)))
+        Ok(Box::new(SnapshotData::incoming(
+            tokio::fs::File::from_std(file),
+            path,
+        )))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        let mut file = snapshot.into_std().await;
+        let (file, tmp) = match (*snapshot).into_incoming() {
+            Ok(received) => received,
+            // Data handed over another way (another state machine's
+            // snapshot): copied into a file of this one first.
+            Err(mut data) => {
+                use tokio::io::AsyncSeekExt;
+                let n = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+                let path = self
+                    .snapshot_dir
+                    .join(format!("incoming-{}-{n}.tmp", std::process::id()));
+                let mut out = tokio::fs::File::create(&path).await.map_err(write_err)?;
+                data.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(read_err)?;
+                tokio::io::copy(&mut data, &mut out)
+                    .await
+                    .map_err(write_err)?;
+                (out, path)
+            }
+        };
+        let file = file.into_std().await;
         let name = format!("snap-{}.bin", meta.snapshot_id);
         let dest = self.snapshot_dir.join(&name);
-        let tmp = self.snapshot_dir.join(format!("{name}.tmp"));
         let db = self.db.clone();
         let meta_expected = meta.clone();
         let current = CurrentSnapshot {
@@ -933,11 +993,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let current_for_task = current.clone();
         let snapshot_dir = self.snapshot_dir.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            use std::io::{Seek, SeekFrom};
-            file.seek(SeekFrom::Start(0)).map_err(write_err)?;
-            let mut out = std::fs::File::create(&tmp).map_err(write_err)?;
-            std::io::copy(&mut file, &mut out).map_err(write_err)?;
-            out.sync_all().map_err(write_err)?;
+            file.sync_all().map_err(write_err)?;
+            drop(file);
             // Verify before the state machine is touched.
             let found = snapshot::read_file(&tmp, |_, _, _| Ok(())).map_err(write_err)?;
             if found.last_log_id != meta_expected.last_log_id {
@@ -977,19 +1034,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let path = self.snapshot_dir.join(&current.file);
-        let file = tokio::fs::File::open(&path).await.map_err(read_err)?;
+        let data = match tokio::fs::File::open(&path).await {
+            Ok(file) => SnapshotData::file(file),
+            Err(_) => {
+                let checkpoint = self.snapshot_dir.join(checkpoint_name(&current.file));
+                if !checkpoint.is_dir() {
+                    // openraft builds a new one when the log is purged.
+                    tracing::warn!(file = %current.file, "current snapshot missing on disk");
+                    return Ok(None);
+                }
+                SnapshotData::pending(Materialize {
+                    meta: current.meta.clone(),
+                    checkpoint,
+                    file: path,
+                    lock: self.materialize.clone(),
+                })
+            }
+        };
         Ok(Some(Snapshot {
             meta: current.meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(data),
         }))
     }
 }
 
-/// Builds snapshots from a consistent RocksDB view while applying goes on.
+/// Builds snapshots as RocksDB checkpoints while applying goes on.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
     snapshot_dir: PathBuf,
     seq: Arc<AtomicU64>,
+    materialize: Arc<std::sync::Mutex<()>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -999,35 +1073,22 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let current =
             tokio::task::spawn_blocking(move || -> Result<CurrentSnapshot, StorageError> {
-                let view = db.snapshot();
-                let get = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
-                    let mut opts = rocksdb::ReadOptions::default();
-                    opts.set_snapshot(&view);
-                    db.get_cf_opt(cf(&db, CF_SM)?, key, &opts).map_err(read_err)
-                };
-                let applied: Option<LogId> = match get(KEY_APPLIED)? {
-                    Some(b) => codec::decode(&b).map_err(read_err)?,
-                    None => None,
-                };
-                let membership: StoredMembership = match get(KEY_MEMBERSHIP)? {
-                    Some(b) => codec::decode(&b).map_err(read_err)?,
-                    None => StoredMembership::default(),
-                };
-                let snapshot_id = match &applied {
-                    Some(id) => {
-                        format!("{}-{}-{}-{n}", id.leader_id.term, id.index, unique_suffix())
+                // A checkpoint is a consistent view of every column family:
+                // hard links to the immutable table files after a flush, so
+                // it costs no copy of the manifests however many there are.
+                let tmp = dir.join(format!("snap-build-{}-{n}.tmp", unique_suffix()));
+                rocksdb::checkpoint::Checkpoint::new(&db)
+                    .and_then(|c| c.create_checkpoint(&tmp))
+                    .map_err(write_err)?;
+                let meta = match checkpoint_meta(&tmp, n) {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                        return Err(e);
                     }
-                    None => format!("0-0-{}-{n}", unique_suffix()),
-                };
-                let meta = SnapshotMeta {
-                    last_log_id: applied,
-                    last_membership: membership,
-                    snapshot_id,
                 };
                 let file = format!("snap-{}.bin", meta.snapshot_id);
-                let tmp = dir.join(format!("{file}.tmp"));
-                let records = snapshot::write_file(&db, &view, &meta, &tmp).map_err(write_err)?;
-                std::fs::rename(&tmp, dir.join(&file)).map_err(write_err)?;
+                std::fs::rename(&tmp, dir.join(checkpoint_name(&file))).map_err(write_err)?;
                 if let Ok(d) = std::fs::File::open(&dir) {
                     let _ = d.sync_all();
                 }
@@ -1039,20 +1100,49 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     &sync_write_opts(),
                 )
                 .map_err(write_err)?;
-                tracing::info!(snapshot = %current.meta.snapshot_id, records, "built snapshot");
+                tracing::info!(snapshot = %current.meta.snapshot_id, "built snapshot (checkpoint)");
                 Ok(current)
             })
             .await
             .map_err(|e| io_err(format!("snapshot build task: {e}")))??;
         remove_old_snapshots(&self.snapshot_dir, &current.file);
-        let file = tokio::fs::File::open(self.snapshot_dir.join(&current.file))
-            .await
-            .map_err(read_err)?;
+        let data = SnapshotData::pending(Materialize {
+            meta: current.meta.clone(),
+            checkpoint: self.snapshot_dir.join(checkpoint_name(&current.file)),
+            file: self.snapshot_dir.join(&current.file),
+            lock: self.materialize.clone(),
+        });
         Ok(Snapshot {
             meta: current.meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(data),
         })
     }
+}
+
+/// The meta of the state a checkpoint holds: its applied log id and
+/// membership, read from the checkpoint itself.
+fn checkpoint_meta(checkpoint: &Path, n: u64) -> Result<SnapshotMeta, StorageError> {
+    let opts = rocksdb::Options::default();
+    let db =
+        DB::open_cf_for_read_only(&opts, checkpoint, super::ALL_CFS, false).map_err(read_err)?;
+    let sm = cf(&db, CF_SM)?;
+    let applied: Option<LogId> = match db.get_cf(sm, KEY_APPLIED).map_err(read_err)? {
+        Some(b) => codec::decode(&b).map_err(read_err)?,
+        None => None,
+    };
+    let membership: StoredMembership = match db.get_cf(sm, KEY_MEMBERSHIP).map_err(read_err)? {
+        Some(b) => codec::decode(&b).map_err(read_err)?,
+        None => StoredMembership::default(),
+    };
+    let snapshot_id = match &applied {
+        Some(id) => format!("{}-{}-{}-{n}", id.leader_id.term, id.index, unique_suffix()),
+        None => format!("0-0-{}-{n}", unique_suffix()),
+    };
+    Ok(SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id,
+    })
 }
 
 /// Distinguishes snapshots built by different processes at the same log

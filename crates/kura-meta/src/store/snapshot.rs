@@ -2,9 +2,9 @@
 //! streamed back into RocksDB on a node that installs it.
 //!
 //! A snapshot of millions of manifests must not have to fit in memory, so
-//! it is a file end to end: built from a RocksDB snapshot (a consistent view
-//! while applying goes on), sent in chunks by openraft, and installed in
-//! bounded batches.
+//! it is a file end to end: written from a checkpoint (a consistent view
+//! taken while applying goes on, see [`super::snapdata`]), sent in chunks by
+//! openraft, and installed in bounded batches.
 //!
 //! Format (version 1, little-endian):
 //! ```text

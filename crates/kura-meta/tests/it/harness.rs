@@ -18,6 +18,7 @@ pub fn fast_timings() -> RaftTimings {
         election_timeout_min_ms: 300,
         election_timeout_max_ms: 600,
         snapshot_every_entries: 100_000,
+        snapshot_every_bytes: 256 << 20,
         log_kept_behind_snapshot: 1_000,
     }
 }

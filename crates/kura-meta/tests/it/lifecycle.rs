@@ -120,6 +120,13 @@ async fn far_behind_node_gets_a_snapshot_then_learner_is_promoted() {
         purged.is_some(),
         "leader should have purged its log behind a snapshot"
     );
+    // Building a snapshot made a checkpoint, not a copy of the state: the
+    // streamable file is made only once a follower needs it. (Not checked
+    // on the leader: its replication to the down node 3 already asks.)
+    let follower = if leader == 1 { 2 } else { 1 };
+    let (files, checkpoints) = snapshot_entries(&c.dir(follower));
+    assert_eq!(checkpoints, 1, "one current checkpoint on node {follower}");
+    assert_eq!(files, 0, "no snapshot file on a node no one asked");
     c.add_node(3).await;
     let target = c.applied(leader);
     c.wait_applied(3, target, LEADER_WAIT).await;
@@ -127,6 +134,11 @@ async fn far_behind_node_gets_a_snapshot_then_learner_is_promoted() {
     assert!(
         m3.snapshot.is_some(),
         "node 3 must have installed a snapshot"
+    );
+    assert_eq!(
+        snapshot_entries(&c.dir(3)).0,
+        1,
+        "node 3 keeps the file it installed"
     );
     let reader = c.nodes[&3].reader();
     for n in 0..150 {
@@ -405,4 +417,97 @@ async fn bulk_import_applies_each_manifest_as_a_put() {
         matches!(err, MetaClientError::InvalidArgument(_)),
         "{err:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulk_imports_trigger_snapshots_by_bytes_which_survive_restart() {
+    let mut timings = fast_timings();
+    // Entry counts never trigger here; 64 KiB of log does.
+    timings.snapshot_every_entries = 1_000_000;
+    timings.snapshot_every_bytes = 64 << 10;
+    timings.log_kept_behind_snapshot = 2;
+    let mut c = TestCluster::start(3, timings).await;
+    let client = c.client();
+    c.kill(3).await;
+    // 8 bulk entries of 50 manifests (~40 KiB each).
+    for b in 0..8u64 {
+        let batch = (0..50)
+            .map(|i| manifest(&uid(b * 50 + i), "1.2.3.1", b * 50 + i))
+            .collect();
+        match client
+            .propose(&Command::PutManifests(batch), Retry::Idempotent)
+            .await
+            .expect("bulk")
+        {
+            Ok(Applied::ManifestsImported { conflicts, .. }) => assert!(conflicts.is_empty()),
+            other => panic!("expected an import, got {other:?}"),
+        }
+    }
+    let leader = c.leader(LEADER_WAIT).await;
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    while c.nodes[&leader].raft().metrics().borrow().purged.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot was built after 8 bulk entries of ~40 KiB"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each voter builds its own snapshot: a checkpoint. Only the leader
+    // makes a file of it, for node 3.
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    while snapshot_entries(&c.dir(1)).1 == 0 || snapshot_entries(&c.dir(2)).1 == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint on the voters"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let follower = if leader == 1 { 2 } else { 1 };
+    assert_eq!(snapshot_entries(&c.dir(follower)), (0, 1));
+    let before = [snapshot_entries(&c.dir(1)), snapshot_entries(&c.dir(2))];
+    // Restarted, the voters serve their checkpoint's meta without making
+    // a file of it.
+    for id in [1, 2] {
+        c.kill(id).await;
+    }
+    for id in [1, 2] {
+        c.add_node(id).await;
+    }
+    let leader = c.leader(LEADER_WAIT).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    assert_eq!(
+        snapshot_entries(&c.dir(follower)),
+        before[follower as usize - 1],
+        "restart made a snapshot file on node {follower}"
+    );
+    // Node 3 is behind the purged log: it gets the file made from the
+    // checkpoint after the restart.
+    c.add_node(3).await;
+    let target = c.applied(leader);
+    c.wait_applied(3, target, LEADER_WAIT).await;
+    let reader = c.nodes[&3].reader();
+    for n in 0..400 {
+        assert!(
+            reader.manifest(TENANT, &uid(n)).expect("read").is_some(),
+            "manifest {n} missing on node 3"
+        );
+    }
+    assert_eq!(snapshot_entries(&c.dir(3)).0, 1, "node 3 installed a file");
+}
+
+/// Snapshot files and checkpoints in a node's snapshot directory; nothing
+/// half-written counts.
+fn snapshot_entries(node_dir: &std::path::Path) -> (usize, usize) {
+    let mut files = 0;
+    let mut checkpoints = 0;
+    for entry in std::fs::read_dir(node_dir.join("snapshots")).expect("snapshot dir") {
+        let name = entry.expect("entry").file_name();
+        let name = name.to_string_lossy().into_owned();
+        if name.ends_with(".bin") {
+            files += 1;
+        } else if name.ends_with(".ckpt") {
+            checkpoints += 1;
+        }
+    }
+    (files, checkpoints)
 }

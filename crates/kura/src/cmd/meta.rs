@@ -39,6 +39,13 @@ pub struct RunArgs {
     /// Build a snapshot after this many applied entries.
     #[arg(long, default_value_t = RaftTimings::default().snapshot_every_entries)]
     snapshot_every: u64,
+    /// Also build a snapshot after this many MiB were appended to the log.
+    #[arg(long, default_value_t = RaftTimings::default().snapshot_every_bytes >> 20)]
+    snapshot_every_mib: u64,
+    /// Log entries kept behind a snapshot (a follower that far behind
+    /// catches up from the log instead of a snapshot).
+    #[arg(long, default_value_t = RaftTimings::default().log_kept_behind_snapshot)]
+    log_kept: u64,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +115,8 @@ async fn run_node(args: RunArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?.to_string();
     let timings = RaftTimings {
         snapshot_every_entries: args.snapshot_every,
+        snapshot_every_bytes: args.snapshot_every_mib << 20,
+        log_kept_behind_snapshot: args.log_kept,
         ..RaftTimings::default()
     };
     let config = MetaConfig {
