@@ -8,8 +8,13 @@
 //! ```text
 //! cargo build --release -p kura -p kura-bench
 //! target/release/meta --kura target/release/kura [--clients 1,16,64]
-//!     [--seconds 5] [--preload 0,100000,1000000] [--json]
+//!     [--seconds 5] [--preload 0,100000,1000000] [--rounds 1] [--data DIR]
+//!     [--json]
 //! ```
+//!
+//! `--rounds N` measures every level N times over (noise shows as the
+//! spread between rounds); `--data` puts the voters' directories on
+//! another disk (about 1.1 KB per manifest per voter).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
@@ -29,6 +34,8 @@ struct Args {
     clients: Vec<usize>,
     seconds: u64,
     preload: Vec<u64>,
+    rounds: u32,
+    data: PathBuf,
     json: bool,
 }
 
@@ -48,6 +55,8 @@ fn parse_args() -> Result<Args, String> {
         clients: vec![1, 16, 64],
         seconds: 5,
         preload: vec![0],
+        rounds: 1,
+        data: std::env::temp_dir(),
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -58,10 +67,12 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => a.clients = parse_list(&value()?)?,
             "--seconds" => a.seconds = value()?.parse().map_err(|_| "bad --seconds")?,
             "--preload" => a.preload = parse_list(&value()?)?,
+            "--data" => a.data = PathBuf::from(value()?),
+            "--rounds" => a.rounds = value()?.parse().map_err(|_| "bad --rounds")?,
             "--json" => a.json = true,
             "-h" | "--help" => {
                 println!(
-                    "meta --kura PATH [--clients 1,16,64] [--seconds 5] [--preload 0,100000] [--json]"
+                    "meta --kura PATH [--clients 1,16,64] [--seconds 5] [--preload 0,100000] [--rounds 1] [--data DIR] [--json]"
                 );
                 std::process::exit(0);
             }
@@ -77,9 +88,14 @@ fn manifest(n: u64) -> Manifest {
     let size = 524_288u64 + (n % 4096);
     let data_len = size as u32;
     let shard_len = ec.shard_len(data_len);
-    let mut blake = [0u8; 32];
-    blake[..8].copy_from_slice(&n.to_le_bytes());
-    blake[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    // Hashes are as incompressible as real ones: blake3 of the numbers.
+    let hash = |n: u64, i: u8| -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&n.to_le_bytes());
+        h.update(&[i]);
+        *h.finalize().as_bytes()
+    };
+    let blake = hash(n, 0xff);
     Manifest {
         format_version: MANIFEST_FORMAT_VERSION,
         tenant: "bench".into(),
@@ -102,7 +118,7 @@ fn manifest(n: u64) -> Manifest {
                 .map(|i| ShardLocation {
                     index: i,
                     node: Some(u64::from(i) + 1),
-                    blake3: [i; 32],
+                    blake3: hash(n, i),
                     len: shard_len,
                 })
                 .collect(),
@@ -118,7 +134,37 @@ fn manifest(n: u64) -> Manifest {
 struct Cluster {
     children: Vec<Child>,
     addrs: Vec<String>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Waits until the voters are idle (under 5% of a core each over two
+    /// seconds): after a bulk preload RocksDB compacts for a while, and
+    /// measuring during that burst would charge it to the index size.
+    /// Answers the seconds waited (at most `max`).
+    async fn quiesce(&self, max: Duration) -> f64 {
+        let start = Instant::now();
+        let pids: Vec<u32> = self.children.iter().map(|c| c.id()).collect();
+        while start.elapsed() < max {
+            let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let busy = pids
+                .iter()
+                .zip(&before)
+                .any(|(p, b)| (cpu_seconds(*p) - b) / 2.0 > 0.05);
+            if !busy {
+                break;
+            }
+        }
+        start.elapsed().as_secs_f64()
+    }
+
+    /// Each voter's data directory size (log, state machine, snapshots).
+    fn voter_bytes(&self) -> Vec<u64> {
+        (1..=self.addrs.len())
+            .map(|id| disk_bytes(&self.dir.path().join(format!("meta-{id}"))))
+            .collect()
+    }
 }
 
 impl Drop for Cluster {
@@ -130,13 +176,51 @@ impl Drop for Cluster {
     }
 }
 
+/// Bytes under `path`, each file once however many hard links it has (a
+/// snapshot checkpoint links the database's table files).
+fn disk_bytes(path: &Path) -> u64 {
+    fn walk(path: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return 0;
+        };
+        let mut total = 0;
+        for e in entries.flatten() {
+            // A file vanishing mid-walk counts 0.
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                total += walk(&e.path(), seen);
+            } else if seen.insert((m.dev(), m.ino())) {
+                total += m.len();
+            }
+        }
+        total
+    }
+    walk(path, &mut std::collections::HashSet::new())
+}
+
+/// CPU seconds a process used so far (Linux /proc; 0 if unreadable).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the line.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-async fn start_cluster(kura: &Path) -> Result<Cluster, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+async fn start_cluster(kura: &Path, data: &Path) -> Result<Cluster, String> {
+    let dir = tempfile::tempdir_in(data).map_err(|e| format!("{}: {e}", data.display()))?;
     let mut children = Vec::new();
     let mut addrs = Vec::new();
     for id in 1..=3u64 {
@@ -151,6 +235,11 @@ async fn start_cluster(kura: &Path) -> Result<Cluster, String> {
                 &id.to_string(),
                 "--listen",
                 &addr,
+                // Preload entries carry 500 manifests each: keeping
+                // openraft's default 10,000 behind a snapshot would hold
+                // 3 GB of log per voter.
+                "--log-kept",
+                "200",
                 "--data",
             ])
             .arg(dir.path().join(format!("meta-{id}")))
@@ -164,7 +253,7 @@ async fn start_cluster(kura: &Path) -> Result<Cluster, String> {
     let cluster = Cluster {
         children,
         addrs,
-        _dir: dir,
+        dir,
     };
     let client = MetaClient::new(cluster.addrs.clone());
     let voters: Vec<Voter> = cluster
@@ -383,8 +472,13 @@ async fn main() {
 
 async fn real_main() -> Result<(), String> {
     let args = parse_args()?;
-    eprintln!("starting a 3-voter cluster of {}", args.kura.display());
-    let cluster = start_cluster(&args.kura).await?;
+    let sample = kura_proto::codec::encode(&manifest(0)).map_err(|e| e.to_string())?;
+    eprintln!(
+        "manifest: {} bytes encoded; starting a 3-voter cluster of {}",
+        sample.len(),
+        args.kura.display()
+    );
+    let cluster = start_cluster(&args.kura, &args.data).await?;
     let client = MetaClient::new(cluster.addrs.clone());
     let next = Arc::new(AtomicU64::new(0));
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -395,15 +489,26 @@ async fn real_main() -> Result<(), String> {
         if next.load(Ordering::Relaxed) < level {
             eprintln!("preloading to {level} manifests …");
             preload(&client, &next, level).await?;
+            let waited = cluster.quiesce(Duration::from_secs(300)).await;
+            eprintln!("voters idle after {waited:.0} s of compaction");
         }
         let stored = next.load(Ordering::Relaxed);
-        for &c in &args.clients {
+        let disk = cluster.voter_bytes();
+        let per_voter = disk.iter().sum::<u64>() / disk.len().max(1) as u64;
+        eprintln!(
+            "index {stored}: {:.2} GB on disk per voter ({} bytes per manifest)",
+            per_voter as f64 / 1e9,
+            per_voter.checked_div(stored).unwrap_or(0)
+        );
+        for (round, &c) in
+            (0..args.rounds).flat_map(|r| args.clients.iter().map(move |c| (r + 1, c)))
+        {
             let kura = run_puts(&client, &next, c, args.seconds).await?;
             let ceil_dir = scratch.path().join(format!("ceiling-{level}-{c}"));
             let ceil = ceiling(&ceil_dir, c, args.seconds)?;
             if !args.json {
                 println!(
-                    "index {:>9}  clients {:>3}  kura {:>8.0} puts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  | ceiling {:>8.0} puts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  | kura/ceiling {:.2}",
+                    "round {round}  index {:>9}  clients {:>3}  kura {:>8.0} puts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  | ceiling {:>8.0} puts/s  p50 {:>6.2} ms  p99 {:>6.2} ms  | kura/ceiling {:.2}",
                     stored,
                     c,
                     kura.per_second(),
@@ -416,7 +521,7 @@ async fn real_main() -> Result<(), String> {
                 );
             }
             rows.push(format!(
-                "{{\"index\":{stored},\"clients\":{c},\"kura_puts_per_s\":{:.1},\"kura_p50_ms\":{:.3},\"kura_p99_ms\":{:.3},\"ceiling_puts_per_s\":{:.1},\"ceiling_p50_ms\":{:.3},\"ceiling_p99_ms\":{:.3},\"ratio\":{:.3}}}",
+                "{{\"round\":{round},\"index\":{stored},\"clients\":{c},\"kura_puts_per_s\":{:.1},\"kura_p50_ms\":{:.3},\"kura_p99_ms\":{:.3},\"ceiling_puts_per_s\":{:.1},\"ceiling_p50_ms\":{:.3},\"ceiling_p99_ms\":{:.3},\"ratio\":{:.3}}}",
                 kura.per_second(),
                 kura.p50_ms,
                 kura.p99_ms,
