@@ -18,7 +18,7 @@ use kura_proto::v1::admin_server::Admin;
 use kura_proto::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::cluster::meta_error;
+use crate::cluster::{manifest_pages, meta_error};
 use crate::error::GatewayError;
 use crate::repair::RepairStatus;
 use crate::server::Inner;
@@ -145,18 +145,12 @@ impl AdminService {
         max: u64,
     ) -> Result<Vec<Manifest>, GatewayError> {
         let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let QueryResult::ManifestPage { manifests, next } = self.query(query(after)).await?
-            else {
-                return Err(GatewayError::Internal("unexpected answer to a page".into()));
-            };
-            out.extend(manifests);
-            match next {
-                Some(n) if (out.len() as u64) < max => after = Some(n),
-                _ => return Ok(out),
-            }
-        }
+        manifest_pages(self.inner.cluster.meta(), query, |page| {
+            out.extend(page);
+            (out.len() as u64) < max
+        })
+        .await?;
+        Ok(out)
     }
 
     /// Manifests naming `node` as a holder (at most about `max`).

@@ -112,6 +112,32 @@ impl ClusterView {
     }
 }
 
+/// Walks a paged manifest index (a node's holdings, the attention list)
+/// from its start, handing each page to `page`, until the index ends or
+/// `page` answers false.
+pub async fn manifest_pages(
+    meta: &MetaClient,
+    mut query: impl FnMut(Option<Vec<u8>>) -> Query,
+    mut page: impl FnMut(Vec<kura_placement::Manifest>) -> bool,
+) -> Result<(), GatewayError> {
+    let mut after = None;
+    loop {
+        let answer = meta.query(&query(after.take())).await.map_err(meta_error)?;
+        let QueryResult::ManifestPage { manifests, next } = answer else {
+            return Err(GatewayError::Internal(format!(
+                "unexpected answer to a manifest page: {answer:?}"
+            )));
+        };
+        if !page(manifests) {
+            return Ok(());
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// A metadata client error as the gateway reports it.
 pub fn meta_error(e: MetaClientError) -> GatewayError {
     match e {

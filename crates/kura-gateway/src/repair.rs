@@ -309,30 +309,20 @@ impl Worker {
         }
     }
 
-    /// Pages through an index of manifests.
+    /// Queues every manifest of a paged index.
     async fn walk(
         &self,
-        mut query: impl FnMut(Option<Vec<u8>>) -> Query,
+        query: impl FnMut(Option<Vec<u8>>) -> Query,
         out: &mut HashMap<(String, String), Item>,
     ) -> Result<(), String> {
-        let mut after = None;
-        loop {
-            let answer = self
-                .meta()
-                .query(&query(after.take()))
-                .await
-                .map_err(|e| e.to_string())?;
-            let QueryResult::ManifestPage { manifests, next } = answer else {
-                return Err(format!("unexpected answer to a manifest page: {answer:?}"));
-            };
-            for m in manifests {
+        crate::cluster::manifest_pages(self.meta(), query, |page| {
+            for m in page {
                 queue(out, m, None);
             }
-            match next {
-                Some(n) => after = Some(n),
-                None => return Ok(()),
-            }
-        }
+            true
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// Builds the queue, newest first: every instance with a shard on a
