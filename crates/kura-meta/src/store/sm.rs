@@ -20,7 +20,7 @@ use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use super::snapdata::{Materialize, SnapshotData};
+use super::snapdata::{Materialize, SnapshotData, open_checkpoint};
 use super::snapshot;
 use super::{
     CF_ATTENTION, CF_DAMAGED, CF_HOLDERS, CF_MANIFESTS, CF_OBJECTS, CF_RAFT, CF_SM, CF_STUDY,
@@ -210,6 +210,14 @@ impl StateReader {
     /// The last applied log id.
     pub fn applied(&self) -> Result<Option<LogId>, StorageError> {
         Ok(self.get::<Option<LogId>>(CF_SM, KEY_APPLIED)?.flatten())
+    }
+
+    /// The last applied log id and the membership as of it.
+    fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let membership = self
+            .get::<StoredMembership>(CF_SM, KEY_MEMBERSHIP)?
+            .unwrap_or_default();
+        Ok((self.applied()?, membership))
     }
 
     /// Manifests by their keys, in order (a missing one is an index fault).
@@ -501,6 +509,14 @@ impl StateMachine {
         StateReader {
             db: self.db.clone(),
         }
+    }
+
+    /// A new name for a snapshot file being received (`remove_unfinished`
+    /// deletes what a crash leaves of it).
+    fn incoming_path(&self) -> PathBuf {
+        let n = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_dir
+            .join(format!("incoming-{}-{n}.tmp", std::process::id()))
     }
 
     fn current_snapshot(&self) -> Result<Option<CurrentSnapshot>, StorageError> {
@@ -883,12 +899,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let reader = self.reader();
-        let applied = reader.applied()?;
-        let membership = reader
-            .get::<StoredMembership>(CF_SM, KEY_MEMBERSHIP)?
-            .unwrap_or_default();
-        Ok((applied, membership))
+        self.reader().applied_state()
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<CommandResult>>, StorageError>
@@ -939,11 +950,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
         // install_snapshot renames it into place; an abandoned transfer's
-        // file is deleted when the next one is installed or at restart.
-        let n = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .snapshot_dir
-            .join(format!("incoming-{}-{n}.tmp", std::process::id()));
+        // file is deleted when its SnapshotData is dropped, or at restart.
+        let path = self.incoming_path();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -967,10 +975,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // snapshot): copied into a file of this one first.
             Err(mut data) => {
                 use tokio::io::AsyncSeekExt;
-                let n = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-                let path = self
-                    .snapshot_dir
-                    .join(format!("incoming-{}-{n}.tmp", std::process::id()));
+                let path = self.incoming_path();
                 let mut out = tokio::fs::File::create(&path).await.map_err(write_err)?;
                 data.seek(std::io::SeekFrom::Start(0))
                     .await
@@ -1122,18 +1127,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// The meta of the state a checkpoint holds: its applied log id and
 /// membership, read from the checkpoint itself.
 fn checkpoint_meta(checkpoint: &Path, n: u64) -> Result<SnapshotMeta, StorageError> {
-    let opts = rocksdb::Options::default();
-    let db =
-        DB::open_cf_for_read_only(&opts, checkpoint, super::ALL_CFS, false).map_err(read_err)?;
-    let sm = cf(&db, CF_SM)?;
-    let applied: Option<LogId> = match db.get_cf(sm, KEY_APPLIED).map_err(read_err)? {
-        Some(b) => codec::decode(&b).map_err(read_err)?,
-        None => None,
-    };
-    let membership: StoredMembership = match db.get_cf(sm, KEY_MEMBERSHIP).map_err(read_err)? {
-        Some(b) => codec::decode(&b).map_err(read_err)?,
-        None => StoredMembership::default(),
-    };
+    let db = open_checkpoint(checkpoint).map_err(read_err)?;
+    let (applied, membership) = StateReader { db: Arc::new(db) }.applied_state()?;
     let snapshot_id = match &applied {
         Some(id) => format!("{}-{}-{}-{n}", id.leader_id.term, id.index, unique_suffix()),
         None => format!("0-0-{}-{n}", unique_suffix()),

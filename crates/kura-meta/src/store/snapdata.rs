@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::io::{self, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -21,6 +21,11 @@ use tokio::task::JoinHandle;
 
 use super::{ALL_CFS, snapshot};
 use crate::types::SnapshotMeta;
+
+/// Opens a checkpoint read-only, every column family.
+pub(crate) fn open_checkpoint(path: &Path) -> Result<DB, rocksdb::Error> {
+    DB::open_cf_for_read_only(&Options::default(), path, ALL_CFS, false)
+}
 
 /// Makes a snapshot's streamable file from its checkpoint.
 pub(crate) struct Materialize {
@@ -44,14 +49,12 @@ impl Materialize {
         let tmp = self
             .file
             .with_extension(format!("bin.{}.tmp", std::process::id()));
-        let opts = Options::default();
-        let db =
-            DB::open_cf_for_read_only(&opts, &self.checkpoint, ALL_CFS, false).map_err(|e| {
-                io::Error::other(format!(
-                    "open checkpoint {}: {e}",
-                    self.checkpoint.display()
-                ))
-            })?;
+        let db = open_checkpoint(&self.checkpoint).map_err(|e| {
+            io::Error::other(format!(
+                "open checkpoint {}: {e}",
+                self.checkpoint.display()
+            ))
+        })?;
         let view = db.snapshot();
         let records =
             snapshot::write_file(&db, &view, &self.meta, &tmp).map_err(io::Error::other)?;
