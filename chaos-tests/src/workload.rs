@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kura_dicom::synthetic::{Synthetic, instance, uid};
+use kura_proto::code_name;
 use kura_proto::v1::archive_client::ArchiveClient;
 use kura_proto::v1::{
     ListStudyRequest, RetrieveRequest, StoreHeader, StoreRequest, retrieve_response, store_request,
@@ -82,29 +83,6 @@ pub struct Op {
     pub start: Duration,
     pub end: Duration,
     pub outcome: Outcome,
-}
-
-/// gRPC code names as the API documents them.
-pub fn code_name(c: Code) -> &'static str {
-    match c {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// Classifies an error status: the server's answer, or a broken

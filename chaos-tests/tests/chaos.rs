@@ -1006,9 +1006,7 @@ fn s6_disk_full() {
         );
         ctx.note(format!(
             "  a put to node {victim}: {} ({}); no file, no temp file, stat NOT_FOUND",
-            err.code()
-                .map(chaos_tests::workload::code_name)
-                .unwrap_or("?"),
+            err.code().map(kura_proto::code_name).unwrap_or("?"),
             err
         ));
         phase(6.0).await;

@@ -30,6 +30,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use futures::{Stream, StreamExt, stream};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kura_proto::code_name;
 use kura_proto::v1::archive_client::ArchiveClient;
 use kura_proto::v1::{
     InstanceInfo, ListStudyRequest, Protection, RetrieveRequest, StatRequest, StoreHeader,
@@ -313,29 +314,6 @@ fn is_refusal_code(code: Code) -> bool {
             | Code::PermissionDenied
             | Code::Unauthenticated
     )
-}
-
-/// The canonical gRPC name of a code, as the proto documents them.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// `first: cause: cause…`, leaving out a cause already contained in what

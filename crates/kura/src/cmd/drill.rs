@@ -197,7 +197,7 @@ async fn read_once(
 }
 
 fn code_of(s: &tonic::Status) -> String {
-    crate::cmd::client::code_name(s.code()).to_string()
+    kura_proto::code_name(s.code()).to_string()
 }
 
 async fn site_down(a: SiteDownArgs) -> anyhow::Result<ExitCode> {
