@@ -11,18 +11,29 @@
 //! DATA/dev.json          the layout: sites, ids and the ports chosen at first start
 //! DATA/meta-<id>/        a metadata voter's RocksDB and snapshots
 //! DATA/store-<id>/       a storage node's shard files and index
+//! DATA/tls/              the CA, node and client certificates (see [`certs`])
 //! ```
+//!
+//! Every link runs TLS with a certificate per process, as in a real
+//! cluster, unless [`DevConfig::tls`] is off (`kura dev --insecure`).
 //!
 //! The first start picks free ports; a restart with the same directory binds
 //! the same ones again (the cluster map and the Raft membership name them),
 //! so the cluster comes back as it was.
 
+pub mod certs;
+
+/// The repair settings a dev cluster's gateway runs with
+/// ([`DevConfig::repair`]), for callers that may not link the gateway.
+pub use kura_gateway::RepairConfig;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kura_auth::{NodeRole, Transport};
 use kura_erasure::EcParams;
-use kura_gateway::{Gateway, GatewayConfig, RepairConfig};
+use kura_gateway::{Gateway, GatewayConfig};
 use kura_meta::service::ServiceTimeouts;
 use kura_meta::{MetaConfig, MetaNode, RaftTimings};
 use kura_placement::{ClusterMap, NodeInfo, NodeState, Site};
@@ -65,6 +76,9 @@ pub struct DevConfig {
     pub meta_timeouts: ServiceTimeouts,
     /// The gateway's repair loop; `None` turns repair off.
     pub repair: Option<RepairConfig>,
+    /// TLS with certificates from `DATA/tls` on every link (the default);
+    /// off: plaintext, for quick experiments only.
+    pub tls: bool,
 }
 
 impl DevConfig {
@@ -84,7 +98,19 @@ impl DevConfig {
             report_interval: kura_store::node::REPORT_INTERVAL_DEFAULT,
             repair: Some(RepairConfig::default()),
             meta_timeouts: ServiceTimeouts::default(),
+            tls: true,
         }
+    }
+
+    /// The transport of process `role`/`id` of this cluster.
+    pub fn transport(&self, role: NodeRole, id: u64) -> Result<Transport, DevError> {
+        if !self.tls {
+            return Ok(Transport::Plaintext);
+        }
+        certs::transport(&certs::tls_dir(&self.data_dir), role, id).map_err(|e| DevError::DataDir {
+            path: certs::tls_dir(&self.data_dir),
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -200,6 +226,7 @@ async fn bind(host: IpAddr, port: u16, restart: bool) -> Result<TcpListener, Dev
 impl DevCluster {
     /// Starts the cluster in `config.data_dir`, creating it on first use.
     pub async fn start(config: DevConfig) -> Result<DevCluster, DevError> {
+        kura_auth::install_crypto_provider();
         if config.sites == 0 || config.nodes_per_site == 0 {
             return Err(DevError::Config(
                 "a dev cluster needs at least one site and one node per site".into(),
@@ -285,6 +312,14 @@ impl DevCluster {
             None => None,
         };
 
+        if config.tls {
+            let mut nodes = vec![(NodeRole::Gateway, 0)];
+            nodes.extend(layout.voters.iter().map(|v| (NodeRole::Meta, v.id)));
+            nodes.extend(layout.storage.iter().map(|s| (NodeRole::Store, s.id)));
+            certs::ensure(&certs::tls_dir(&config.data_dir), host, &nodes)
+                .map_err(|e| data_err(format!("certificates: {e}")))?;
+        }
+
         // Metadata voters.
         let meta_endpoints: Vec<String> = layout
             .voters
@@ -300,6 +335,7 @@ impl DevCluster {
                     advertise_addr: SocketAddr::new(host, v.port).to_string(),
                     timings: config.timings,
                     timeouts: config.meta_timeouts,
+                    transport: config.transport(NodeRole::Meta, v.id)?,
                 },
                 listener,
             )
@@ -307,7 +343,9 @@ impl DevCluster {
             .map_err(|e| start_err(format!("metadata voter {}", v.id), e))?;
             voters.push(Some(node));
         }
-        let meta = MetaClient::new(meta_endpoints.clone());
+        // The gateway's identity bootstraps the cluster and records the map.
+        let gateway_transport = config.transport(NodeRole::Gateway, 0)?;
+        let meta = MetaClient::new(meta_endpoints.clone(), gateway_transport.clone());
         if !restart {
             bootstrap(&meta, &layout, host).await?;
         }
@@ -315,7 +353,7 @@ impl DevCluster {
         // Storage nodes.
         let mut storage = Vec::new();
         for (s, listener) in layout.storage.iter().zip(storage_listeners) {
-            let sc = store_config(&config, s.id, &meta_endpoints);
+            let sc = store_config(&config, s.id, &meta_endpoints)?;
             let node = StorageNode::start(sc, listener)
                 .await
                 .map_err(|e| start_err(format!("storage node {}", s.id), e))?;
@@ -324,7 +362,7 @@ impl DevCluster {
         init_map(&meta, &layout, &storage, &config, host).await?;
 
         // The gateway.
-        let mut gc = GatewayConfig::new(meta_endpoints.clone());
+        let mut gc = GatewayConfig::new(meta_endpoints.clone(), gateway_transport);
         // Orphan reclaim must never race a live store.
         gc.store_deadline = gc.store_deadline.min(config.orphan_grace / 2);
         gc.repair = config.repair.clone();
@@ -408,6 +446,31 @@ impl DevCluster {
         &self.meta_endpoints
     }
 
+    /// The transport of the gateway's identity: what a test uses to call
+    /// voters and storage nodes as the gateway does.
+    pub fn node_transport(&self) -> Result<Transport, DevError> {
+        self.config.transport(NodeRole::Gateway, 0)
+    }
+
+    /// A client's transport with a certificate for `roles` in `tenant`,
+    /// issued by the dev CA if missing (plaintext when TLS is off).
+    pub fn client_transport(
+        &self,
+        tenant: &str,
+        roles: &[kura_auth::ClientRole],
+    ) -> Result<Transport, DevError> {
+        if !self.config.tls {
+            return Ok(Transport::Plaintext);
+        }
+        let dir = certs::tls_dir(&self.config.data_dir);
+        certs::client_transport(&dir, tenant, kura_auth::ClientRoles::of(roles)).map_err(|e| {
+            DevError::DataDir {
+                path: dir,
+                detail: e.to_string(),
+            }
+        })
+    }
+
     /// The running storage node `id`, if it runs.
     pub fn storage_node(&self, id: u64) -> Option<&StorageNode> {
         self.storage_index(id)
@@ -448,7 +511,7 @@ impl DevCluster {
         }
         let port = self.layout.storage[i].port;
         let listener = bind(self.config.host, port, true).await?;
-        let sc = store_config(&self.config, id, &self.meta_endpoints);
+        let sc = store_config(&self.config, id, &self.meta_endpoints)?;
         let node = StorageNode::start(sc, listener)
             .await
             .map_err(|e| start_err(format!("storage node {id}"), e))?;
@@ -513,14 +576,19 @@ fn storage_dir(config: &DevConfig, id: u64) -> PathBuf {
 
 /// How storage node `id` of this dev cluster is configured, at first
 /// start and at every restart alike.
-fn store_config(config: &DevConfig, id: u64, meta_endpoints: &[String]) -> StoreConfig {
+fn store_config(
+    config: &DevConfig,
+    id: u64,
+    meta_endpoints: &[String],
+) -> Result<StoreConfig, DevError> {
     let mut sc = StoreConfig::new(id, storage_dir(config, id));
     sc.capacity_bytes = config.node_capacity_bytes;
     sc.meta_endpoints = meta_endpoints.to_vec();
     sc.orphan_grace = config.orphan_grace;
     sc.gc_interval = config.gc_interval;
     sc.report_interval = config.report_interval;
-    sc
+    sc.transport = config.transport(NodeRole::Store, id)?;
+    Ok(sc)
 }
 
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);

@@ -18,6 +18,7 @@ use kura_proto::v1::admin_server::Admin;
 use kura_proto::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Caller, Touched, audit_record};
 use crate::cluster::{manifest_pages, meta_error};
 use crate::error::GatewayError;
 use crate::repair::RepairStatus;
@@ -299,6 +300,13 @@ impl AdminService {
             under_protected,
             damaged_shards,
             repair: Some(repair),
+            tls_cert_expiry_days: self
+                .inner
+                .cluster
+                .transport()
+                .material()
+                .map(|m| m.days_left()),
+            insecure_plaintext: !self.inner.cluster.transport().is_tls(),
         })
     }
 
@@ -392,13 +400,47 @@ impl AdminService {
     }
 }
 
-fn run<T>(
-    rpc: &'static str,
-    started: Instant,
-    r: Result<T, GatewayError>,
-) -> Result<Response<T>, Status> {
-    observe(rpc, started, &r);
-    r.map(Response::new).map_err(GatewayError::into_status)
+/// The caller the [`crate::auth::AdminGuard`] admitted.
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller {
+            principal: None,
+            peer: kura_auth::peer_addr(request),
+        })
+}
+
+impl AdminService {
+    /// Records the call's metrics and audit entry; answers its result.
+    async fn run<T>(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        started: Instant,
+        r: Result<T, GatewayError>,
+    ) -> Result<Response<T>, Status> {
+        observe(rpc, started, &r);
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => e.code(),
+        };
+        let ok = self
+            .inner
+            .audit
+            .record(audit_record(
+                caller,
+                &format!("Admin.{rpc}"),
+                Touched::default(),
+                code,
+            ))
+            .await;
+        if !ok {
+            tracing::error!(rpc, "the audit entry of this admin call was not committed");
+        }
+        r.map(Response::new).map_err(GatewayError::into_status)
+    }
 }
 
 #[tonic::async_trait]
@@ -408,8 +450,10 @@ impl Admin for AdminService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let brief = request.into_inner().brief;
-        run("Status", started, self.status_with(brief).await)
+        self.run(&caller, "Status", started, self.status_with(brief).await)
+            .await
     }
 
     async fn drain(
@@ -417,6 +461,7 @@ impl Admin for AdminService {
         request: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let id = request.into_inner().id;
         let r = async {
             let (map, node) = self.node_of(id).await?;
@@ -450,7 +495,7 @@ impl Admin for AdminService {
             self.changed().await
         }
         .await;
-        run("Drain", started, r)
+        self.run(&caller, "Drain", started, r).await
     }
 
     async fn add_node(
@@ -458,6 +503,7 @@ impl Admin for AdminService {
         request: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let r = async {
             if req.id == 0 {
@@ -484,7 +530,11 @@ impl Admin for AdminService {
                 ));
             }
             // Ask the node itself: it must answer, and say who it is.
-            let probe = kura_proto::shards_client::ShardsClient::new(&req.addr).map_err(|e| {
+            let probe = kura_proto::shards_client::ShardsClient::new(
+                &req.addr,
+                self.inner.cluster.transport(),
+            )
+            .map_err(|e| {
                 GatewayError::invalid("addr", "BAD_ADDRESS", format!("{}: {e}", req.addr))
             })?;
             let s = probe.node_status().await.map_err(|e| {
@@ -511,7 +561,7 @@ impl Admin for AdminService {
             self.changed().await
         }
         .await;
-        run("AddNode", started, r)
+        self.run(&caller, "AddNode", started, r).await
     }
 
     async fn remove_node(
@@ -519,6 +569,7 @@ impl Admin for AdminService {
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let r = async {
             let (map, node) = self.node_of(req.id).await?;
@@ -559,7 +610,7 @@ impl Admin for AdminService {
             self.changed().await
         }
         .await;
-        run("RemoveNode", started, r)
+        self.run(&caller, "RemoveNode", started, r).await
     }
 
     async fn set_profile(
@@ -567,6 +618,7 @@ impl Admin for AdminService {
         request: Request<pb::SetProfileRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let r = async {
             let (Ok(k), Ok(m)) = (
@@ -595,14 +647,15 @@ impl Admin for AdminService {
             self.status().await
         }
         .await;
-        run("SetProfile", started, r)
+        self.run(&caller, "SetProfile", started, r).await
     }
 
     async fn repair_now(
         &self,
-        _request: Request<pb::RepairNowRequest>,
+        request: Request<pb::RepairNowRequest>,
     ) -> Result<Response<pb::RepairStatus>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let r = match self.inner.repair.get() {
             Some(h) => {
                 h.wake();
@@ -612,7 +665,7 @@ impl Admin for AdminService {
                 "repair does not run in this gateway (repair.enabled = false); ask another".into(),
             )),
         };
-        run("RepairNow", started, r)
+        self.run(&caller, "RepairNow", started, r).await
     }
 
     async fn scrub_now(
@@ -620,6 +673,7 @@ impl Admin for AdminService {
         request: Request<pb::ScrubNowRequest>,
     ) -> Result<Response<pb::ScrubNowResponse>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let only = request.into_inner().node;
         let r = async {
             let (map, _) = self.map().await?;
@@ -651,15 +705,17 @@ impl Admin for AdminService {
             Ok(out)
         }
         .await;
-        run("ScrubNow", started, r)
+        self.run(&caller, "ScrubNow", started, r).await
     }
 
     async fn protection(
         &self,
-        _request: Request<pb::ProtectionRequest>,
+        request: Request<pb::ProtectionRequest>,
     ) -> Result<Response<pb::ProtectionSummary>, Status> {
         let started = Instant::now();
-        run("Protection", started, self.protection().await)
+        let caller = caller_of(&request);
+        self.run(&caller, "Protection", started, self.protection().await)
+            .await
     }
 
     async fn list_instances(
@@ -667,6 +723,7 @@ impl Admin for AdminService {
         request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let r = async {
             kura_proto::meta::validate_tenant(&req.tenant)
@@ -698,7 +755,7 @@ impl Admin for AdminService {
             })
         }
         .await;
-        run("ListInstances", started, r)
+        self.run(&caller, "ListInstances", started, r).await
     }
 
     async fn drill_site(
@@ -706,6 +763,7 @@ impl Admin for AdminService {
         request: Request<pb::DrillSiteRequest>,
     ) -> Result<Response<pb::DrillSiteResponse>, Status> {
         let started = Instant::now();
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let r = async {
             let Some(hook) = self.inner.config.drill.clone() else {
@@ -744,6 +802,133 @@ impl Admin for AdminService {
             Ok(pb::DrillSiteResponse { nodes })
         }
         .await;
-        run("DrillSite", started, r)
+        self.run(&caller, "DrillSite", started, r).await
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let r = async {
+            let tenant = caller.tenant("tenant", &req.tenant)?;
+            kura_auth::validate_tenant(&tenant)
+                .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))?;
+            let roles = kura_auth::ClientRoles::parse(&req.roles)
+                .map_err(|e| GatewayError::invalid("roles", "BAD_ROLES", e.to_string()))?;
+            if req.label.len() > 128 || req.label.chars().any(char::is_control) {
+                return Err(GatewayError::invalid(
+                    "label",
+                    "BAD_LABEL",
+                    "a label is at most 128 printable characters",
+                ));
+            }
+            let (secret, hash) = crate::tokens::new_secret();
+            let record = crate::tokens::record(hash, &tenant, roles, &req.label, &caller.who());
+            self.propose(Command::PutToken(record.clone())).await?;
+            // This gateway knows the token at once; the others within
+            // a refresh.
+            let _ = self.inner.tokens.refresh(self.inner.cluster.meta()).await;
+            Ok(pb::CreateTokenResponse {
+                secret,
+                token: Some(token_info(&record)),
+            })
+        }
+        .await;
+        self.run(&caller, "CreateToken", started, r).await
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let r = async {
+            let tokens = match self
+                .query(Query::ListTokens {
+                    consistency: Consistency::Linearizable,
+                })
+                .await?
+            {
+                QueryResult::Tokens(t) => t,
+                other => {
+                    return Err(GatewayError::Internal(format!(
+                        "unexpected answer to ListTokens: {other:?}"
+                    )));
+                }
+            };
+            let own = caller.own_tenant();
+            Ok(pb::ListTokensResponse {
+                tokens: tokens
+                    .iter()
+                    .filter(|t| own.is_none_or(|o| o == t.tenant))
+                    .map(token_info)
+                    .collect(),
+            })
+        }
+        .await;
+        self.run(&caller, "ListTokens", started, r).await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let r = async {
+            let tokens = match self
+                .query(Query::ListTokens {
+                    consistency: Consistency::Linearizable,
+                })
+                .await?
+            {
+                QueryResult::Tokens(t) => t,
+                other => {
+                    return Err(GatewayError::Internal(format!(
+                        "unexpected answer to ListTokens: {other:?}"
+                    )));
+                }
+            };
+            let own = caller.own_tenant();
+            // Another tenant's token is as unknown as one that never was.
+            let Some(t) = tokens
+                .into_iter()
+                .find(|t| t.id == req.id && own.is_none_or(|o| o == t.tenant))
+            else {
+                return Err(GatewayError::NotFound {
+                    resource_type: "token",
+                    resource_name: req.id.clone(),
+                    message: format!("no token {}", req.id),
+                });
+            };
+            self.propose(Command::RevokeToken {
+                id: t.id.clone(),
+                revoked_unix_ms: kura_proto::audit::now_ms(),
+            })
+            .await?;
+            let _ = self.inner.tokens.refresh(self.inner.cluster.meta()).await;
+            let mut t = t;
+            t.revoked_unix_ms = Some(t.revoked_unix_ms.unwrap_or_else(kura_proto::audit::now_ms));
+            Ok(token_info(&t))
+        }
+        .await;
+        self.run(&caller, "RevokeToken", started, r).await
+    }
+}
+
+fn token_info(t: &kura_proto::meta::TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id.clone(),
+        tenant: t.tenant.clone(),
+        roles: t.roles.clone(),
+        label: t.label.clone(),
+        created_unix_ms: t.created_unix_ms,
+        created_by: t.created_by.clone(),
+        revoked_unix_ms: t.revoked_unix_ms.unwrap_or(0),
     }
 }

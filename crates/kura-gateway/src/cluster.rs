@@ -25,6 +25,7 @@ pub struct ClusterState {
 /// Shared by every request of one gateway.
 pub struct ClusterView {
     meta: MetaClient,
+    transport: kura_auth::Transport,
     refresh: Duration,
     connect_timeout: Duration,
     shard_timeout: Duration,
@@ -35,12 +36,14 @@ pub struct ClusterView {
 impl ClusterView {
     pub fn new(
         meta: MetaClient,
+        transport: kura_auth::Transport,
         refresh: Duration,
         connect_timeout: Duration,
         shard_timeout: Duration,
     ) -> Self {
         Self {
             meta,
+            transport,
             refresh,
             connect_timeout,
             shard_timeout,
@@ -51,6 +54,11 @@ impl ClusterView {
 
     pub fn meta(&self) -> &MetaClient {
         &self.meta
+    }
+
+    /// How this gateway reaches the other processes.
+    pub fn transport(&self) -> &kura_auth::Transport {
+        &self.transport
     }
 
     /// The map and profile, at most `refresh` old. A stale read is enough:
@@ -103,8 +111,13 @@ impl ClusterView {
         {
             return Ok(c.clone());
         }
-        let c = ShardsClient::with_timeouts(&node.addr, self.connect_timeout, self.shard_timeout)
-            .map_err(|e| {
+        let c = ShardsClient::with_timeouts(
+            &node.addr,
+            &self.transport,
+            self.connect_timeout,
+            self.shard_timeout,
+        )
+        .map_err(|e| {
             GatewayError::Internal(format!("storage node {} ({}): {e}", node.id, node.addr))
         })?;
         clients.insert(node.id, (node.addr.clone(), c.clone()));

@@ -61,6 +61,12 @@ pub enum GatewayError {
     /// This cluster cannot do that by itself.
     #[error("{0}")]
     Unimplemented(String),
+    /// No credential, or one that proves no identity.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid identity without the role (or tenant) the call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl GatewayError {
@@ -87,6 +93,8 @@ impl GatewayError {
             GatewayError::Internal(_) => Code::Internal,
             GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
             GatewayError::Unimplemented(_) => Code::Unimplemented,
+            GatewayError::Unauthenticated(_) => Code::Unauthenticated,
+            GatewayError::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 
@@ -104,6 +112,8 @@ impl GatewayError {
             GatewayError::Internal(_) => "INTERNAL".into(),
             GatewayError::FailedPrecondition(_) => "REFUSED_IN_THIS_STATE".into(),
             GatewayError::Unimplemented(_) => "UNIMPLEMENTED".into(),
+            GatewayError::Unauthenticated(_) => "UNAUTHENTICATED".into(),
+            GatewayError::PermissionDenied(_) => "PERMISSION_DENIED".into(),
         }
     }
 
@@ -152,7 +162,9 @@ impl GatewayError {
             | GatewayError::DeadlineExceeded(_)
             | GatewayError::Internal(_)
             | GatewayError::FailedPrecondition(_)
-            | GatewayError::Unimplemented(_) => {}
+            | GatewayError::Unimplemented(_)
+            | GatewayError::Unauthenticated(_)
+            | GatewayError::PermissionDenied(_) => {}
         }
         details.set_error_info(self.reason(), ERROR_DOMAIN, meta);
         Status::with_error_details(code, message, details)

@@ -144,6 +144,7 @@ fn dicom_refusal(e: &DicomError) -> GatewayError {
 /// Handles one Store call.
 pub(crate) async fn store(
     gw: Arc<Inner>,
+    caller: crate::auth::Caller,
     input: tonic::Streaming<StoreRequest>,
 ) -> Result<StoreResponse, GatewayError> {
     let mut req = Request { input, bytes_in: 0 };
@@ -158,7 +159,10 @@ pub(crate) async fn store(
         )
     })?;
     let header = match first.and_then(|m| m.msg) {
-        Some(store_request::Msg::Header(h)) => check_header(h)?,
+        Some(store_request::Msg::Header(mut h)) => {
+            h.tenant = caller.tenant("header.tenant", &h.tenant)?;
+            check_header(h)?
+        }
         Some(store_request::Msg::Chunk(_)) => {
             return Err(GatewayError::invalid(
                 "header",

@@ -13,6 +13,8 @@
 //! plaintext ops port serves `/healthz`, `/readyz` and `/metrics` ([`ops`]).
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod info;
@@ -22,6 +24,7 @@ pub mod repair;
 pub mod retrieve;
 pub mod server;
 pub mod service;
+pub mod tokens;
 
 pub use admin::DrillHook;
 pub use error::GatewayError;

@@ -88,3 +88,17 @@ async fn metrics() -> (StatusCode, String) {
         ),
     }
 }
+
+/// Exports `kura_tls_cert_expiry_days` (days until the first of this
+/// process's certificates, or the CA, expires) and keeps it current.
+pub fn export_cert_expiry(
+    m: std::sync::Arc<kura_auth::TlsMaterial>,
+) -> tokio::task::JoinHandle<()> {
+    let _ = metrics_handle();
+    tokio::spawn(async move {
+        loop {
+            metrics::gauge!("kura_tls_cert_expiry_days").set(m.days_left());
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
+    })
+}

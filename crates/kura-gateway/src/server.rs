@@ -47,6 +47,11 @@ pub struct GatewayConfig {
     pub repair: Option<RepairConfig>,
     /// How drills take a site out (`kura dev` only).
     pub drill: Option<Arc<dyn DrillHook>>,
+    /// TLS (this gateway's node certificate, the cluster's CA) or
+    /// plaintext: for serving the public API (client certificates
+    /// optional there, checked per call) and for calling voters and
+    /// storage nodes.
+    pub transport: kura_auth::Transport,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -57,13 +62,15 @@ impl std::fmt::Debug for GatewayConfig {
             .field("store_deadline", &self.store_deadline)
             .field("repair", &self.repair)
             .field("drill", &self.drill.is_some())
+            .field("tls", &self.transport.is_tls())
             .finish_non_exhaustive()
     }
 }
 
 impl GatewayConfig {
-    pub fn new(meta_endpoints: Vec<String>) -> Self {
+    pub fn new(meta_endpoints: Vec<String>, transport: kura_auth::Transport) -> Self {
         Self {
+            transport,
             meta_endpoints,
             site: None,
             store_deadline: Duration::from_secs(30 * 60),
@@ -82,6 +89,10 @@ impl GatewayConfig {
 pub(crate) struct Inner {
     pub(crate) config: GatewayConfig,
     pub(crate) cluster: ClusterView,
+    /// Bearer tokens, refreshed from the cluster.
+    pub(crate) tokens: Arc<crate::tokens::TokenCache>,
+    /// The audit trail's batcher.
+    pub(crate) audit: kura_proto::audit::AuditSink,
     /// Set once the repair loop runs here.
     pub(crate) repair: std::sync::OnceLock<RepairHandle>,
 }
@@ -92,6 +103,10 @@ pub struct Gateway {
     ops_addr: Option<SocketAddr>,
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Keeps the token list fresh; aborted at shutdown.
+    refresher: Option<JoinHandle<()>>,
+    /// Keeps the certificate expiry gauge current.
+    expiry: Option<JoinHandle<()>>,
     repairer: Option<Repairer>,
 }
 
@@ -107,10 +122,34 @@ impl Gateway {
         let _ = crate::ops::metrics_handle();
         let addr = listener.local_addr()?;
         let ops_addr = ops_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-        let meta = MetaClient::new(config.meta_endpoints.clone());
+        let meta = MetaClient::new(config.meta_endpoints.clone(), config.transport.clone());
+        let enforce = config.transport.is_tls();
+        let expiry = config
+            .transport
+            .material()
+            .map(|m| crate::ops::export_cert_expiry(std::sync::Arc::clone(m)));
+        let server = config
+            .transport
+            .server(kura_auth::ClientCerts::Optional)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let tokens = Arc::new(crate::tokens::TokenCache::default());
+        let audit = kura_proto::audit::AuditSink::start(
+            meta.clone(),
+            format!(
+                "gateway {addr}{}",
+                config
+                    .site
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            ),
+        );
         let inner = Arc::new(Inner {
+            tokens: Arc::clone(&tokens),
+            audit: audit.clone(),
             cluster: ClusterView::new(
                 meta,
+                config.transport.clone(),
                 config.map_refresh,
                 config.connect_timeout,
                 config.shard_call_timeout,
@@ -128,6 +167,7 @@ impl Gateway {
         }
         let archive = ArchiveServer::new(ArchiveService {
             inner: Arc::clone(&inner),
+            enforce,
         })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -135,9 +175,26 @@ impl Gateway {
         .send_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
-        let admin = kura_proto::v1::admin_server::AdminServer::new(AdminService {
-            inner: Arc::clone(&inner),
-        });
+        let admin = tonic::service::interceptor::InterceptedService::new(
+            kura_proto::v1::admin_server::AdminServer::new(AdminService {
+                inner: Arc::clone(&inner),
+            }),
+            crate::auth::AdminGuard {
+                enforce,
+                tokens: Arc::clone(&tokens),
+                audit: audit.clone(),
+            },
+        );
+        let audit_service = tonic::service::interceptor::InterceptedService::new(
+            kura_proto::v1::audit_server::AuditServer::new(crate::audit::AuditService {
+                inner: Arc::clone(&inner),
+            }),
+            crate::audit::AuditGuard {
+                enforce,
+                tokens: Arc::clone(&tokens),
+                audit: audit.clone(),
+            },
+        );
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ArchiveServer<ArchiveService>>().await;
         let reflection = || {
@@ -152,7 +209,7 @@ impl Gateway {
             .build_v1alpha()
             .map_err(|e| std::io::Error::other(format!("reflection: {e}")))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let router = server
             .initial_stream_window_size(Some(4 * 1024 * 1024))
             .initial_connection_window_size(Some(16 * 1024 * 1024))
             .tcp_nodelay(true)
@@ -160,7 +217,8 @@ impl Gateway {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(archive)
-            .add_service(admin);
+            .add_service(admin)
+            .add_service(audit_service);
         let serve =
             router.serve_with_incoming_shutdown(kura_proto::net::incoming(listener), async {
                 let _ = stop_rx.await;
@@ -170,6 +228,7 @@ impl Gateway {
                 tracing::error!(error = %e, "gateway server ended with an error");
             }
         })];
+        let refresher = enforce.then(|| tokens.spawn_refresher(inner.cluster.meta().clone()));
         let mut stop = vec![stop_tx];
         if let Some(ops) = ops_listener {
             let (tx, rx) = oneshot::channel::<()>();
@@ -192,6 +251,8 @@ impl Gateway {
             ops_addr,
             stop,
             tasks,
+            refresher,
+            expiry,
             repairer,
         })
     }
@@ -213,6 +274,12 @@ impl Gateway {
 
     /// Stops accepting calls; running ones get [`SHUTDOWN_GRACE`].
     pub async fn shutdown(mut self) {
+        if let Some(r) = self.refresher.take() {
+            r.abort();
+        }
+        if let Some(e) = self.expiry.take() {
+            e.abort();
+        }
         if let Some(r) = self.repairer.take() {
             r.stop();
         }

@@ -18,15 +18,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::auth::{Caller, Touched, audit_record, authorize};
 use crate::cluster::meta_error;
 use crate::error::GatewayError;
 use crate::info::instance_info;
 use crate::server::Inner;
+use kura_auth::ClientRole;
 
 /// The Archive service of one gateway.
 #[derive(Clone)]
 pub struct ArchiveService {
     pub(crate) inner: Arc<Inner>,
+    /// Check callers' certificates (a TLS gateway).
+    pub(crate) enforce: bool,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -68,7 +72,53 @@ fn check_tenant(tenant: &str) -> Result<(), GatewayError> {
         .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))
 }
 
+/// The tenant a call acts in, once its caller is authorised.
+fn resolve(
+    caller: &Caller,
+    verdict: Result<(), GatewayError>,
+    requested: &str,
+) -> Result<String, GatewayError> {
+    verdict?;
+    caller.tenant("tenant", requested)
+}
+
+/// What a call on one instance touched, for its audit entry.
+fn touched_instance(tenant: &str, uid: &str, m: Option<&Manifest>) -> Touched {
+    match m {
+        Some(m) => Touched {
+            tenant: m.tenant.clone(),
+            sop_instance_uid: m.sop_instance_uid.clone(),
+            study_instance_uid: m.study_instance_uid.clone(),
+            patient_id: m.patient_id.clone(),
+        },
+        None => Touched {
+            tenant: tenant.to_string(),
+            sop_instance_uid: uid.to_string(),
+            ..Touched::default()
+        },
+    }
+}
+
+fn code_of<T>(r: &Result<T, GatewayError>) -> tonic::Code {
+    match r {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => e.code(),
+    }
+}
+
 impl ArchiveService {
+    /// Records a finished call in the audit trail (waits for its commit).
+    async fn audit(&self, caller: &Caller, action: &str, touched: Touched, code: tonic::Code) {
+        let ok = self
+            .inner
+            .audit
+            .record(audit_record(caller, action, touched, code))
+            .await;
+        if !ok {
+            tracing::error!(action, "the audit entry of this call was not committed");
+        }
+    }
+
     async fn manifest(&self, tenant: &str, uid: &str) -> Result<Manifest, GatewayError> {
         check_tenant(tenant)?;
         check_uid("sop_instance_uid", uid)?;
@@ -139,9 +189,35 @@ impl Archive for ArchiveService {
             tenant = tracing::field::Empty,
             sop_instance_uid = tracing::field::Empty
         );
-        let r = crate::ingest::store(Arc::clone(&self.inner), request.into_inner())
-            .instrument(span.clone())
-            .await;
+        let (caller, verdict) = authorize(
+            &request,
+            self.enforce,
+            &self.inner.tokens,
+            "Store",
+            &[ClientRole::Writer],
+        );
+        let r = match verdict {
+            Ok(()) => {
+                crate::ingest::store(
+                    Arc::clone(&self.inner),
+                    caller.clone(),
+                    request.into_inner(),
+                )
+                .instrument(span.clone())
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let touched = match r.as_ref().ok().and_then(|resp| resp.info.as_ref()) {
+            Some(i) => Touched {
+                tenant: i.tenant.clone(),
+                sop_instance_uid: i.sop_instance_uid.clone(),
+                study_instance_uid: i.study_instance_uid.clone(),
+                patient_id: i.patient_id.clone(),
+            },
+            None => Touched::default(),
+        };
+        self.audit(&caller, "Store", touched, code_of(&r)).await;
         let _entered = span.enter();
         observe("Store", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)
@@ -154,12 +230,29 @@ impl Archive for ArchiveService {
         request: Request<RetrieveRequest>,
     ) -> Result<Response<Self::RetrieveStream>, Status> {
         let started = Instant::now();
+        let (caller, verdict) = authorize(
+            &request,
+            self.enforce,
+            &self.inner.tokens,
+            "Retrieve",
+            &[ClientRole::Reader],
+        );
         let req = request.into_inner();
         let span = tracing::info_span!("Retrieve", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
-        let r = self
-            .manifest(&req.tenant, &req.sop_instance_uid)
-            .instrument(span.clone())
-            .await;
+        let r = async {
+            let tenant = resolve(&caller, verdict, &req.tenant)?;
+            self.manifest(&tenant, &req.sop_instance_uid).await
+        }
+        .instrument(span.clone())
+        .await;
+        let tenant = caller.own_tenant().unwrap_or(&req.tenant).to_string();
+        self.audit(
+            &caller,
+            "Retrieve",
+            touched_instance(&tenant, &req.sop_instance_uid, r.as_ref().ok()),
+            code_of(&r),
+        )
+        .await;
         {
             let _entered = span.enter();
             observe("Retrieve", started, &r);
@@ -174,13 +267,30 @@ impl Archive for ArchiveService {
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<InstanceInfo>, Status> {
         let started = Instant::now();
+        let (caller, verdict) = authorize(
+            &request,
+            self.enforce,
+            &self.inner.tokens,
+            "Stat",
+            &[ClientRole::Reader],
+        );
         let req = request.into_inner();
         let span = tracing::info_span!("Stat", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
-        let r = self
-            .manifest(&req.tenant, &req.sop_instance_uid)
-            .instrument(span.clone())
-            .await
-            .map(|m| instance_info(&m));
+        let r = async {
+            let tenant = resolve(&caller, verdict, &req.tenant)?;
+            self.manifest(&tenant, &req.sop_instance_uid).await
+        }
+        .instrument(span.clone())
+        .await;
+        let tenant = caller.own_tenant().unwrap_or(&req.tenant).to_string();
+        self.audit(
+            &caller,
+            "Stat",
+            touched_instance(&tenant, &req.sop_instance_uid, r.as_ref().ok()),
+            code_of(&r),
+        )
+        .await;
+        let r = r.map(|m| instance_info(&m));
         let _entered = span.enter();
         observe("Stat", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)
@@ -193,8 +303,16 @@ impl Archive for ArchiveService {
         request: Request<ListStudyRequest>,
     ) -> Result<Response<Self::ListStudyStream>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
+        let (caller, verdict) = authorize(
+            &request,
+            self.enforce,
+            &self.inner.tokens,
+            "ListStudy",
+            &[ClientRole::Reader],
+        );
+        let mut req = request.into_inner();
         let first = async {
+            req.tenant = resolve(&caller, verdict, &req.tenant)?;
             check_tenant(&req.tenant)?;
             check_uid("study_instance_uid", &req.study_instance_uid)?;
             if let Some(series) = &req.series_instance_uid {
@@ -218,6 +336,23 @@ impl Archive for ArchiveService {
             }
             Ok((page, next))
         }
+        .await;
+        self.audit(
+            &caller,
+            "ListStudy",
+            Touched {
+                tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
+                study_instance_uid: req.study_instance_uid.clone(),
+                patient_id: first
+                    .as_ref()
+                    .ok()
+                    .and_then(|(page, _)| page.first())
+                    .map(|m| m.patient_id.clone())
+                    .unwrap_or_default(),
+                ..Touched::default()
+            },
+            code_of(&first),
+        )
         .await;
         observe("ListStudy", started, &first);
         let (page, mut next) = first.map_err(GatewayError::into_status)?;
@@ -254,9 +389,17 @@ impl Archive for ArchiveService {
         request: Request<StudyProtectionRequest>,
     ) -> Result<Response<StudyProtectionResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
+        let (caller, verdict) = authorize(
+            &request,
+            self.enforce,
+            &self.inner.tokens,
+            "StudyProtection",
+            &[ClientRole::Reader],
+        );
+        let mut req = request.into_inner();
         let span = tracing::info_span!("StudyProtection", tenant = %req.tenant, study = %req.study_instance_uid);
         let r = async {
+            req.tenant = resolve(&caller, verdict, &req.tenant)?;
             check_tenant(&req.tenant)?;
             check_uid("study_instance_uid", &req.study_instance_uid)?;
             let list = ListStudyRequest {
@@ -305,6 +448,17 @@ impl Archive for ArchiveService {
             Ok(out)
         }
         .instrument(span)
+        .await;
+        self.audit(
+            &caller,
+            "StudyProtection",
+            Touched {
+                tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
+                study_instance_uid: req.study_instance_uid.clone(),
+                ..Touched::default()
+            },
+            code_of(&r),
+        )
         .await;
         observe("StudyProtection", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)

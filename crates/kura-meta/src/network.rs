@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kura_auth::Transport;
 use kura_proto::codec;
 use kura_proto::v1::internal::RaftPayload;
 use kura_proto::v1::internal::raft_client::RaftClient;
@@ -24,7 +25,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::types::{Raft, TypeConfig};
 
@@ -34,14 +35,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct NetworkFactory {
     self_id: u64,
+    transport: Transport,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl NetworkFactory {
     /// The transport of node `self_id`.
-    pub fn new(self_id: u64) -> Self {
+    pub fn new(self_id: u64, transport: Transport) -> Self {
         Self {
             self_id,
+            transport,
             channels: Arc::default(),
         }
     }
@@ -54,8 +57,10 @@ impl NetworkFactory {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        let ch = self
+            .transport
+            .endpoint(addr)
+            .map_err(|e| format!("peer {addr}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

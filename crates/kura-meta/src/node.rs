@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kura_auth::{ClientCerts, NodeGuard, Transport};
 use kura_proto::codec;
 use kura_proto::v1::internal::meta_server::MetaServer as MetaGrpcServer;
 use kura_proto::v1::internal::raft_server::RaftServer as RaftGrpcServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::error::MetaError;
 use crate::network::{NetworkFactory, RaftServer};
@@ -65,6 +67,9 @@ pub struct MetaConfig {
     pub advertise_addr: String,
     pub timings: RaftTimings,
     pub timeouts: ServiceTimeouts,
+    /// TLS (this voter's node certificate, the cluster's CA) or plaintext,
+    /// for serving and for calling the other voters.
+    pub transport: Transport,
 }
 
 /// A running metadata node.
@@ -122,7 +127,7 @@ impl MetaNode {
         let raft = Raft::new(
             config.id,
             raft_config,
-            NetworkFactory::new(config.id),
+            NetworkFactory::new(config.id, config.transport.clone()),
             log,
             sm,
         )
@@ -145,20 +150,36 @@ impl MetaNode {
         );
         let (tx, rx) = oneshot::channel::<()>();
         let limit = codec::PAYLOAD_BYTES_MAX as usize;
-        let router = tonic::transport::Server::builder()
+        let enforce = config.transport.is_tls();
+        // Refusals of this voter's services go to the audit trail through
+        // the cluster (this node forwards to the leader).
+        let audit = kura_proto::audit::AuditSink::start(
+            kura_proto::meta_client::MetaClient::new(
+                vec![config.advertise_addr.clone()],
+                config.transport.clone(),
+            ),
+            format!("voter {}", config.id),
+        );
+        let sink = kura_proto::audit::refusal_sink(audit);
+        let router = config
+            .transport
+            .server(ClientCerts::Required)
+            .map_err(|e| MetaError::InvalidArgument(e.to_string()))?
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(8 << 20))
             .tcp_nodelay(true)
-            .add_service(
+            .add_service(InterceptedService::new(
                 RaftGrpcServer::new(RaftServer::new(raft.clone()))
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
-            )
-            .add_service(
+                NodeGuard::raft(enforce).with_sink(sink.clone()),
+            ))
+            .add_service(InterceptedService::new(
                 MetaGrpcServer::new(service.clone())
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
-            );
+                NodeGuard::meta(enforce).with_sink(sink),
+            ));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
             kura_proto::net::incoming(listener),
             async {

@@ -270,6 +270,20 @@ impl MetaServer {
                 self.consistent(consistency).await?;
                 Ok(QueryResult::HolderNodes(self.reader.holder_nodes()?))
             }
+            Query::AuditPage {
+                from,
+                limit,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                let limit = limit.clamp(1, kura_proto::meta::AUDIT_PAGE_MAX) as usize;
+                let (entries, next) = self.reader.audit_page(from, limit)?;
+                Ok(QueryResult::AuditPage { entries, next })
+            }
+            Query::ListTokens { consistency } => {
+                self.consistent(consistency).await?;
+                Ok(QueryResult::Tokens(self.reader.tokens()?))
+            }
             Query::CountManifests { consistency } => {
                 self.consistent(consistency).await?;
                 let c = self.reader.counts()?;
@@ -332,6 +346,13 @@ impl MetaServer {
                 self.membership_result(r.map(|_| ()))
             }
             AdminRequest::Status => Ok(AdminResponse::Status(self.status())),
+            AdminRequest::VerifyAudit => {
+                let reader = self.reader.clone();
+                let verdict = tokio::task::spawn_blocking(move || reader.verify_audit())
+                    .await
+                    .map_err(|e| MetaError::Fatal(format!("audit verification task: {e}")))??;
+                Ok(AdminResponse::AuditVerdict(verdict))
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! services carry, and the thin clients every role uses to reach the others
 //! (roles never link each other; they talk through this crate).
 
+pub mod audit;
 pub mod codec;
 pub mod meta;
 pub mod meta_client;

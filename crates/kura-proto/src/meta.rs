@@ -18,29 +18,10 @@ pub const COMMAND_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// The most instances one ListStudy page carries.
 pub const LIST_PAGE_MAX: u32 = 1000;
 
-/// The longest tenant name.
-pub const TENANT_BYTES_MAX: usize = 64;
 /// The longest DICOM UID.
 pub const UID_BYTES_MAX: usize = 64;
 
-/// Checks a tenant name: 1–64 characters of `[A-Za-z0-9._-]`.
-pub fn validate_tenant(tenant: &str) -> Result<(), String> {
-    if tenant.is_empty() || tenant.len() > TENANT_BYTES_MAX {
-        return Err(format!(
-            "tenant must be 1 to {TENANT_BYTES_MAX} characters, got {}",
-            tenant.len()
-        ));
-    }
-    if let Some(c) = tenant
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "tenant {tenant:?} contains {c:?}; allowed are letters, digits, '.', '_' and '-'"
-        ));
-    }
-    Ok(())
-}
+pub use kura_auth::identity::{TENANT_BYTES_MAX, validate_tenant};
 
 /// A change to the metadata state, committed through Raft.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +69,97 @@ pub enum Command {
     /// Repair rebuilt these damaged shards (or found them no longer
     /// referenced): forget them.
     ClearDamaged { shards: Vec<DamagedShard> },
+    /// Append these records to the audit trail, in order. Each gets the
+    /// next sequence number and the hash of the entry before it.
+    AppendAudit(Vec<AuditRecord>),
+    /// Record a bearer token (only its hash). Refused if the hash exists.
+    PutToken(TokenRecord),
+    /// Revoke the token with this id: it authenticates nobody from then on.
+    RevokeToken { id: String, revoked_unix_ms: i64 },
+}
+
+/// The most records one `AppendAudit` may carry.
+pub const AUDIT_BATCH_MAX: usize = 1024;
+/// The most audit entries one page carries.
+pub const AUDIT_PAGE_MAX: u32 = 1000;
+
+/// One access to the archive, allowed or refused: who, when, from where,
+/// what (and which patient), and the outcome. An audit entry is a record,
+/// not a log line: it may name the Patient ID (the guidelines ask which
+/// patient's record was accessed); logs never do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When the call was made, ms since the epoch (the gateway's clock).
+    pub time_unix_ms: i64,
+    /// The identity the credential proves (`pacs (hospital-a/writer)`), or
+    /// `anonymous`.
+    pub who: String,
+    /// The tenant the call acted in (empty when none was established).
+    pub tenant: String,
+    /// The call: `Store`, `Retrieve`, `Admin.Drain`, `Raft.Vote`, …
+    pub action: String,
+    /// SOP Instance UID of the instance touched, if any.
+    pub sop_instance_uid: String,
+    /// Study Instance UID, if any.
+    pub study_instance_uid: String,
+    /// Patient ID of the instance touched, if known.
+    pub patient_id: String,
+    /// The caller's address.
+    pub peer: String,
+    /// The gRPC code of the answer (`OK`, `PERMISSION_DENIED`, …).
+    pub outcome: String,
+    /// Which process recorded it (`gateway 1`, `voter 2`).
+    pub recorder: String,
+}
+
+/// An audit record in the trail: its place, the hash of the entry before
+/// it and its own hash, `blake3("kura-audit-v1" ‖ prev ‖ seq ‖ record)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub prev: [u8; 32],
+    pub hash: [u8; 32],
+    pub record: AuditRecord,
+}
+
+impl AuditEntry {
+    /// The hash an entry at `seq` after `prev` with `record` must carry.
+    pub fn chain_hash(prev: &[u8; 32], seq: u64, record: &AuditRecord) -> Result<[u8; 32], String> {
+        let mut h = blake3::Hasher::new();
+        h.update(b"kura-audit-v1");
+        h.update(prev);
+        h.update(&seq.to_be_bytes());
+        h.update(&crate::codec::encode(record).map_err(|e| e.to_string())?);
+        Ok(*h.finalize().as_bytes())
+    }
+}
+
+/// What verifying the audit trail found on one voter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerdict {
+    /// Entries checked.
+    pub entries: u64,
+    /// The hash of the last entry (the head of the chain).
+    pub head: [u8; 32],
+    /// The first entry that fails, and why; `None`: the chain holds.
+    pub first_bad: Option<(u64, String)>,
+}
+
+/// A bearer token as the cluster keeps it: only a hash of the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// blake3 of the secret.
+    pub hash: [u8; 32],
+    /// Public id (the first 8 bytes of the hash, hex), for list and revoke.
+    pub id: String,
+    pub tenant: String,
+    /// `reader`, `writer+reader`, …
+    pub roles: String,
+    /// What it is for (`pacs-tokyo`).
+    pub label: String,
+    pub created_unix_ms: i64,
+    pub created_by: String,
+    pub revoked_unix_ms: Option<i64>,
 }
 
 /// One damaged shard on one storage node.
@@ -117,6 +189,9 @@ impl Command {
             Command::SetProfile(_) => "set_profile",
             Command::ReportDamaged { .. } => "report_damaged",
             Command::ClearDamaged { .. } => "clear_damaged",
+            Command::AppendAudit(_) => "append_audit",
+            Command::PutToken(_) => "put_token",
+            Command::RevokeToken { .. } => "revoke_token",
         }
     }
 
@@ -161,11 +236,39 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::AppendAudit(records) => {
+                if records.is_empty() || records.len() > AUDIT_BATCH_MAX {
+                    return Err(format!(
+                        "an audit batch carries 1 to {AUDIT_BATCH_MAX} records, not {}",
+                        records.len()
+                    ));
+                }
+                Ok(())
+            }
+            Command::PutToken(t) => {
+                validate_tenant(&t.tenant)?;
+                kura_auth::ClientRoles::parse(&t.roles).map_err(|e| e.to_string())?;
+                if t.id.len() != 16 || t.id != hex_prefix(&t.hash) {
+                    return Err("a token's id is the hex of its hash's first 8 bytes".into());
+                }
+                Ok(())
+            }
+            Command::RevokeToken { id, .. } => {
+                if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("token id {id:?} is not 16 hex digits"));
+                }
+                Ok(())
+            }
             Command::RemoveNode { .. }
             | Command::SetNodeState { .. }
             | Command::ReportUsage { .. } => Ok(()),
         }
     }
+}
+
+/// A token's public id: the hex of its hash's first 8 bytes.
+pub fn hex_prefix(hash: &[u8; 32]) -> String {
+    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The most object keys one `ObjectsReferenced` query may ask about.
@@ -214,6 +317,10 @@ pub enum Applied {
     ProfileSet,
     /// Damaged shards recorded or cleared (how many the command named).
     DamageRecorded { shards: u64 },
+    /// Audit records appended: the sequence number of the first.
+    AuditAppended { first_seq: u64 },
+    /// A token recorded or revoked.
+    TokenChanged,
 }
 
 /// A command the state machine refused; nothing changed.
@@ -325,6 +432,14 @@ pub enum Query {
         max: u64,
         consistency: Consistency,
     },
+    /// One page of the audit trail from sequence number `from`.
+    AuditPage {
+        from: u64,
+        limit: u32,
+        consistency: Consistency,
+    },
+    /// Every token, revoked ones included.
+    ListTokens { consistency: Consistency },
 }
 
 /// The answer to a [`Query`].
@@ -357,6 +472,12 @@ pub enum QueryResult {
     },
     HolderNodes(Vec<NodeId>),
     Count(u64),
+    AuditPage {
+        entries: Vec<AuditEntry>,
+        /// Pass as `from` for the next page; `None` when this is the last.
+        next: Option<u64>,
+    },
+    Tokens(Vec<TokenRecord>),
 }
 
 /// A voter of the metadata cluster: its Raft id and the address of its
@@ -379,6 +500,9 @@ pub enum AdminRequest {
     ChangeVoters { ids: Vec<u64> },
     /// The answering node's view of the cluster.
     Status,
+    /// Verify the audit trail as this node holds it (every voter has its
+    /// own copy: comparing them finds a copy rewritten whole).
+    VerifyAudit,
 }
 
 /// Answers to [`AdminRequest`].
@@ -386,6 +510,7 @@ pub enum AdminRequest {
 pub enum AdminResponse {
     Done,
     Status(MetaStatus),
+    AuditVerdict(AuditVerdict),
 }
 
 /// One node's view of the metadata cluster.

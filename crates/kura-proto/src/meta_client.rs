@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kura_auth::Transport;
 use serde::{Serialize, de::DeserializeOwned};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::codec;
 use crate::meta::{
@@ -85,6 +86,7 @@ pub struct MetaClient {
 
 struct Inner {
     endpoints: Vec<String>,
+    transport: Transport,
     leader: Mutex<Option<String>>,
     channels: Mutex<HashMap<String, Channel>>,
     attempt_timeout: Duration,
@@ -95,20 +97,29 @@ struct Inner {
 
 impl MetaClient {
     /// A client of the cluster whose voters listen at `endpoints`
-    /// (`host:port`). No connection is made until the first call.
-    pub fn new(endpoints: Vec<String>) -> Self {
-        Self::with_timeouts(endpoints, ATTEMPT_TIMEOUT_DEFAULT, CALL_DEADLINE_DEFAULT)
+    /// (`host:port`), over `transport` (TLS with this process's
+    /// certificate, or plaintext). No connection is made until the first
+    /// call.
+    pub fn new(endpoints: Vec<String>, transport: Transport) -> Self {
+        Self::with_timeouts(
+            endpoints,
+            transport,
+            ATTEMPT_TIMEOUT_DEFAULT,
+            CALL_DEADLINE_DEFAULT,
+        )
     }
 
     /// As [`MetaClient::new`], with explicit timeouts.
     pub fn with_timeouts(
         endpoints: Vec<String>,
+        transport: Transport,
         attempt_timeout: Duration,
         call_deadline: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 endpoints,
+                transport,
                 leader: Mutex::new(None),
                 rotor: std::sync::atomic::AtomicUsize::new(0),
                 channels: Mutex::new(HashMap::new()),
@@ -294,8 +305,11 @@ impl MetaClient {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr}: {e}")))?
+        let endpoint = self
+            .inner
+            .transport
+            .endpoint(addr)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -11,8 +11,9 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use kura_auth::Transport;
 use kura_erasure::{ObjectKey, SEGMENT_BYTES_MAX, SHARD_HEADER_BYTES, ShardError, ShardHeader};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::v1::internal as pb;
 use crate::v1::internal::shards_client::ShardsClient as GrpcShardsClient;
@@ -289,20 +290,27 @@ pub struct ShardsClient {
 }
 
 impl ShardsClient {
-    /// A client of the node at `addr` (`host:port`), with the default
-    /// timeouts.
-    pub fn new(addr: &str) -> Result<Self, ShardsClientError> {
-        Self::with_timeouts(addr, CONNECT_TIMEOUT_DEFAULT, CALL_TIMEOUT_DEFAULT)
+    /// A client of the node at `addr` (`host:port`) over `transport`,
+    /// with the default timeouts.
+    pub fn new(addr: &str, transport: &Transport) -> Result<Self, ShardsClientError> {
+        Self::with_timeouts(
+            addr,
+            transport,
+            CONNECT_TIMEOUT_DEFAULT,
+            CALL_TIMEOUT_DEFAULT,
+        )
     }
 
     /// As [`ShardsClient::new`], with explicit timeouts.
     pub fn with_timeouts(
         addr: &str,
+        transport: &Transport,
         connect_timeout: Duration,
         call_timeout: Duration,
     ) -> Result<Self, ShardsClientError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ShardsClientError::InvalidArgument(format!("bad address {addr}: {e}")))?
+        let endpoint = transport
+            .endpoint(addr)
+            .map_err(|e| ShardsClientError::InvalidArgument(e.to_string()))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)

@@ -8,12 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kura_auth::{ClientCerts, NodeGuard, Transport};
 use kura_proto::shards_client::{
     CONNECTION_WINDOW_BYTES, MESSAGE_BYTES_MAX, SHARD_BYTES_MAX, STREAM_WINDOW_BYTES,
 };
 use kura_proto::v1::internal::shards_server::ShardsServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::error::StoreError;
 use crate::report;
@@ -57,6 +59,9 @@ pub struct StoreConfig {
     pub scrub_bytes_per_sec: u64,
     /// Wait between two scrub passes.
     pub scrub_pass_interval: Duration,
+    /// TLS (this node's certificate, the cluster's CA) or plaintext, for
+    /// serving and for calling voters and other storage nodes.
+    pub transport: Transport,
 }
 
 impl StoreConfig {
@@ -73,6 +78,7 @@ impl StoreConfig {
             gc_interval: crate::gc::GC_INTERVAL_DEFAULT,
             scrub_bytes_per_sec: crate::scrub::SCRUB_BYTES_PER_SEC_DEFAULT,
             scrub_pass_interval: crate::scrub::SCRUB_PASS_INTERVAL_DEFAULT,
+            transport: Transport::Plaintext,
         }
     }
 }
@@ -112,6 +118,7 @@ impl StorageNode {
             gc_interval,
             scrub_bytes_per_sec,
             scrub_pass_interval,
+            transport,
         } = config;
         if gc_interval.is_zero() {
             return Err(StoreError::InvalidArgument(
@@ -137,17 +144,34 @@ impl StorageNode {
                 .await
                 .map_err(|e| StoreError::Internal(format!("open task failed: {e}")))??;
         let store = Arc::new(store);
-        let service = ShardsService::new(node_id, Arc::clone(&store), buffer_bytes_max);
+        let service = ShardsService::new(
+            node_id,
+            Arc::clone(&store),
+            buffer_bytes_max,
+            transport.clone(),
+        );
         let (server_stop, stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let audit_sink = (!meta_endpoints.is_empty()).then(|| {
+            kura_proto::audit::refusal_sink(kura_proto::audit::AuditSink::start(
+                kura_proto::meta_client::MetaClient::new(meta_endpoints.clone(), transport.clone()),
+                format!("storage node {node_id}"),
+            ))
+        });
+        let router = transport
+            .server(ClientCerts::Required)
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?
             .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
             .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
             .tcp_nodelay(true)
-            .add_service(
+            .add_service(InterceptedService::new(
                 ShardsServer::new(service.clone())
                     .max_decoding_message_size(MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(MESSAGE_BYTES_MAX),
-            );
+                match &audit_sink {
+                    Some(sink) => NodeGuard::shards(transport.is_tls()).with_sink(sink.clone()),
+                    None => NodeGuard::shards(transport.is_tls()),
+                },
+            ));
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
             kura_proto::net::incoming(listener),
             async {
@@ -172,7 +196,7 @@ impl StorageNode {
             let task = crate::gc::spawn(
                 node_id,
                 Arc::clone(&store),
-                kura_proto::meta_client::MetaClient::new(meta_endpoints.clone()),
+                kura_proto::meta_client::MetaClient::new(meta_endpoints.clone(), transport.clone()),
                 gc_interval,
                 orphan_grace,
                 rx,
@@ -187,6 +211,7 @@ impl StorageNode {
                 node_id,
                 Arc::clone(&store),
                 meta_endpoints,
+                transport,
                 report_interval,
                 rx,
             );

@@ -152,7 +152,8 @@ impl ShardsService {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let c = ShardsClient::new(addr).map_err(|e| bad(format!("source address {addr}: {e}")))?;
+        let c = ShardsClient::new(addr, &self.transport)
+            .map_err(|e| bad(format!("source address {addr}: {e}")))?;
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }

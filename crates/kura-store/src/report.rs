@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kura_auth::Transport;
 use kura_proto::meta::{Command, DAMAGED_SHARDS_MAX, DamagedShard, Rejected};
 use kura_proto::meta_client::{MetaClient, MetaClientError, Retry};
 use tokio::sync::oneshot;
@@ -29,6 +30,7 @@ pub(crate) fn spawn(
     node_id: u64,
     store: Arc<ShardStore>,
     endpoints: Vec<String>,
+    transport: Transport,
     interval: Duration,
     mut stop: oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
@@ -39,6 +41,7 @@ pub(crate) fn spawn(
     // packets cannot make every report miss (found by the chaos suite).
     let client = MetaClient::with_timeouts(
         endpoints,
+        transport,
         REPORT_ATTEMPT_TIMEOUT,
         interval.max(REPORT_ATTEMPT_TIMEOUT * 2),
     );

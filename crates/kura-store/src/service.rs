@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kura_auth::Transport;
 use kura_erasure::SHARD_HEADER_BYTES;
 use kura_proto::shards_client::{
     CHUNK_BYTES_MAX, SHARD_BYTES_MAX, ShardId, ShardsClient, blake3_field, required_id,
@@ -39,6 +40,8 @@ pub const BUFFER_UNIT_BYTES: u64 = 1024 * 1024;
 #[derive(Clone)]
 pub struct ShardsService {
     node_id: u64,
+    /// How this node calls its peers (rebuild).
+    pub(crate) transport: Transport,
     store: Arc<ShardStore>,
     shared: Arc<Shared>,
 }
@@ -63,7 +66,12 @@ impl ShardsService {
     /// A service over `store` whose requests together buffer at most
     /// `buffer_bytes_max` of shard bytes (raised to [`SHARD_BYTES_MAX`] if
     /// lower, so that every shard can be served).
-    pub fn new(node_id: u64, store: Arc<ShardStore>, buffer_bytes_max: u64) -> Self {
+    pub fn new(
+        node_id: u64,
+        store: Arc<ShardStore>,
+        buffer_bytes_max: u64,
+        transport: Transport,
+    ) -> Self {
         let units = buffer_bytes_max
             .max(SHARD_BYTES_MAX)
             .div_ceil(BUFFER_UNIT_BYTES)
@@ -72,6 +80,7 @@ impl ShardsService {
         let budget_units = units as u32;
         Self {
             node_id,
+            transport,
             store,
             shared: Arc::new(Shared {
                 closing: AtomicBool::new(false),

@@ -43,6 +43,21 @@
 //! rate_mb_per_sec = 20           # per storage node; 0 turns scrubbing off
 //! interval_secs = 86400          # between two passes
 //! ```
+//!
+//! TLS is on by default: a process refuses to start without its
+//! certificates. Make them with `kura certs` (see there):
+//!
+//! ```toml
+//! [tls]
+//! dir = "/etc/kura/tls"          # ca.pem, node-<id>.pem, node-<id>.key
+//! # or each file, "{node}" standing for the node's id:
+//! # ca = "/etc/kura/ca.pem"
+//! # cert = "/etc/kura/node-{node}.pem"
+//! # key = "/etc/kura/node-{node}.key"
+//! # insecure_plaintext = true    # test clusters only: no TLS, every caller trusted
+//! ```
+//!
+//! Relative paths are relative to the directory of kura.toml.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -63,6 +78,8 @@ pub struct Config {
     pub repair: RepairSection,
     #[serde(default)]
     pub scrub: ScrubSection,
+    #[serde(default)]
+    pub tls: TlsSection,
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteSection>,
     #[serde(default, rename = "node")]
@@ -227,6 +244,19 @@ fn default_grace() -> u64 {
     3600
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// A directory laid out as `kura certs` writes it.
+    pub dir: Option<PathBuf>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// No TLS and no authentication: for throwaway test clusters only.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteSection {
@@ -250,6 +280,8 @@ pub struct NodeSection {
 pub struct Checked {
     pub config: Config,
     pub profile: EcParams,
+    /// The directory of kura.toml: relative paths start there.
+    pub base_dir: PathBuf,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -381,7 +413,15 @@ pub fn parse(path: &str, text: &str) -> Result<Checked, String> {
             "node_lost_after_secs must be longer than node_down_after_secs".into(),
         ));
     }
-    let checked = Checked { config, profile };
+    let base_dir = std::path::Path::new(path)
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let checked = Checked {
+        config,
+        profile,
+        base_dir,
+    };
     if checked.voters().is_empty() {
         return Err(format!(
             "{path}: no node has meta: the cluster needs Raft voters"
@@ -414,6 +454,126 @@ impl WithCapacity for ClusterMap {
 impl Checked {
     pub fn node(&self, id: u64) -> Option<&NodeSection> {
         self.config.nodes.iter().find(|n| *n.id.get_ref() == id)
+    }
+
+    /// The node roles `[[node]] id` has in this config.
+    pub fn roles(&self, id: u64) -> kura_auth::NodeRoles {
+        let mut roles = kura_auth::NodeRoles::NONE;
+        if let Some(n) = self.node(id) {
+            if n.meta.is_some() {
+                roles.insert(kura_auth::NodeRole::Meta);
+            }
+            if n.store.is_some() {
+                roles.insert(kura_auth::NodeRole::Store);
+            }
+            if n.gateway.is_some() {
+                roles.insert(kura_auth::NodeRole::Gateway);
+            }
+        }
+        roles
+    }
+
+    /// Every host name and IP the config gives node `id` (what its
+    /// certificate must name), without wildcard listen addresses.
+    pub fn names(&self, id: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(n) = self.node(id) {
+            for a in [&n.meta, &n.store, &n.gateway, &n.ops]
+                .into_iter()
+                .flatten()
+            {
+                let host = a
+                    .get_ref()
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+                    .unwrap_or_default()
+                    .to_string();
+                let wildcard = host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_unspecified());
+                if !host.is_empty() && !wildcard && !out.contains(&host) {
+                    out.push(host);
+                }
+            }
+        }
+        out
+    }
+
+    /// The certificate directory `[tls] dir`, resolved.
+    pub fn tls_dir(&self) -> Option<PathBuf> {
+        self.config.tls.dir.as_ref().map(|d| self.base_dir.join(d))
+    }
+
+    /// The (CA, certificate, key) files of node `id`, or why there are
+    /// none.
+    pub fn tls_files(&self, id: u64) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+        let t = &self.config.tls;
+        let dir = self.tls_dir();
+        let pick = |explicit: &Option<String>, file: String| -> Option<PathBuf> {
+            match explicit {
+                Some(p) => Some(self.base_dir.join(p.replace("{node}", &id.to_string()))),
+                None => dir.as_ref().map(|d| d.join(file)),
+            }
+        };
+        let stem = kura_auth::certs::node_stem(id);
+        match (
+            pick(&t.ca, kura_auth::certs::CA_CERT.into()),
+            pick(&t.cert, format!("{stem}.pem")),
+            pick(&t.key, format!("{stem}.key")),
+        ) {
+            (Some(ca), Some(cert), Some(key)) => Ok((ca, cert, key)),
+            _ => Err((
+                "no TLS certificates configured: every Kura link runs TLS. Make them once with\n  \
+                 kura certs init --out DIR\n  \
+                 kura certs node --config kura.toml --node ID --dir DIR   (for every node)\n\
+                 and add to kura.toml:\n  [tls]\n  dir = \"DIR\"\n\
+                 (or set [tls] insecure_plaintext = true for a throwaway test cluster)"
+            )
+            .to_string()),
+        }
+    }
+
+    /// The transport of node `id`: its certificate, checked against the
+    /// config (same id, every role it runs), or plaintext when the config
+    /// says `insecure_plaintext`.
+    pub fn transport(&self, id: u64) -> Result<kura_auth::Transport, String> {
+        if self.config.tls.insecure_plaintext {
+            return Ok(kura_auth::Transport::Plaintext);
+        }
+        let (ca, cert, key) = self.tls_files(id)?;
+        let material = kura_auth::TlsMaterial::load(&ca, Some((&cert, &key)))
+            .map_err(|e| format!("node {id}'s TLS material: {e}"))?;
+        let want = self.roles(id);
+        match material.principal() {
+            Some(kura_auth::Principal::Node { id: got, roles }) if *got == id => {
+                let missing: Vec<&str> = want
+                    .iter()
+                    .filter(|r| !roles.contains(*r))
+                    .map(kura_auth::NodeRole::as_str)
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "{}: the certificate gives node {id} the roles {roles}, but kura.toml also runs {} on it; issue it again with kura certs node",
+                        cert.display(),
+                        missing.join(", ")
+                    ));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{} is not node {id}'s certificate (it names {}); issue it with kura certs node --node {id}",
+                    cert.display(),
+                    other.map_or("no Kura identity".to_string(), |p| p.to_string())
+                ));
+            }
+        }
+        if material.days_left() < 0.0 {
+            return Err(format!(
+                "{}: the certificate or the CA has expired",
+                cert.display()
+            ));
+        }
+        Ok(kura_auth::Transport::tls(material))
     }
 
     /// (id, address) of every voter.

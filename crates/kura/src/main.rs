@@ -49,6 +49,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Client commands, talking to a gateway's public Archive API.
@@ -74,10 +76,15 @@ enum Command {
     /// RTO, RPO; re-verify the archive.
     #[command(subcommand)]
     Drill(cmd::drill::DrillCommand),
+    /// The cluster's CA and its node and client certificates (TLS is on by
+    /// default: every link, every caller).
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCommand),
 }
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    kura_auth::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Client(command) => cmd::client::run(command),
@@ -87,6 +94,7 @@ fn main() -> ExitCode {
         Command::Server(args) => cmd::server::run(args),
         Command::Admin(command) => cmd::admin::run(command),
         Command::Drill(command) => cmd::drill::run(command),
+        Command::Certs(command) => cmd::certs::run(command),
     };
     match result {
         Ok(code) => code,
@@ -134,7 +142,7 @@ mod tests {
         assert_eq!(store.concurrency, 3);
         assert!(store.json);
         assert_eq!(store.connect.endpoint, "h:1");
-        assert_eq!(store.connect.tenant, "ward-7");
+        assert_eq!(store.connect.tenant.as_deref(), Some("ward-7"));
 
         let Ok(Command::Client(ClientCommand::Retrieve(retrieve))) =
             parse(&["retrieve", "1.2.3", "-o", "-"])

@@ -51,9 +51,14 @@ pub(crate) const CF_ATTENTION: &str = "attention";
 /// storage nodes reported damaged, until repair rebuilds them.
 pub(crate) const CF_DAMAGED: &str = "damaged";
 
+/// Sequence number (8, BE) -> `AuditEntry`: the hash-chained audit trail.
+pub(crate) const CF_AUDIT: &str = "audit";
+/// Token hash (32) -> `TokenRecord`: bearer tokens, only their hashes.
+pub(crate) const CF_TOKENS: &str = "tokens";
+
 /// The state machine's column families, in snapshot tag order (tag = index
-/// + 1). A snapshot carries exactly these.
-pub(crate) const SM_CFS: [&str; 7] = [
+/// + 1). A snapshot carries exactly these. New ones go at the end.
+pub(crate) const SM_CFS: [&str; 9] = [
     CF_SM,
     CF_MANIFESTS,
     CF_STUDY,
@@ -61,11 +66,14 @@ pub(crate) const SM_CFS: [&str; 7] = [
     CF_HOLDERS,
     CF_ATTENTION,
     CF_DAMAGED,
+    CF_AUDIT,
+    CF_TOKENS,
 ];
 
 /// Every column family of the database, Raft's and the state machine's.
-pub(crate) const ALL_CFS: [&str; 9] = [
+pub(crate) const ALL_CFS: [&str; 11] = [
     CF_LOG, CF_RAFT, SM_CFS[0], SM_CFS[1], SM_CFS[2], SM_CFS[3], SM_CFS[4], SM_CFS[5], SM_CFS[6],
+    SM_CFS[7], SM_CFS[8],
 ];
 
 /// Opens (or creates) the database of a metadata node.

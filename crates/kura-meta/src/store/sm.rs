@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kura_erasure::EcParams;
 use kura_placement::{ClusterMap, Manifest, NodeId, Protection};
 use kura_proto::codec;
-use kura_proto::meta::{Applied, Command, CommandResult, DamagedShard, Rejected};
+use kura_proto::meta::{
+    Applied, AuditEntry, AuditVerdict, Command, CommandResult, DamagedShard, Rejected, TokenRecord,
+};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
@@ -23,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use super::snapdata::{Materialize, SnapshotData, open_checkpoint};
 use super::snapshot;
 use super::{
-    CF_ATTENTION, CF_DAMAGED, CF_HOLDERS, CF_MANIFESTS, CF_OBJECTS, CF_RAFT, CF_SM, CF_STUDY,
-    StoreFault, cf, io_err, read_err, sync_write_opts, write_err,
+    CF_ATTENTION, CF_AUDIT, CF_DAMAGED, CF_HOLDERS, CF_MANIFESTS, CF_OBJECTS, CF_RAFT, CF_SM,
+    CF_STUDY, CF_TOKENS, StoreFault, cf, io_err, read_err, sync_write_opts, write_err,
 };
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -33,6 +35,8 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_MAP: &[u8] = b"map";
 const KEY_PROFILE: &[u8] = b"profile";
 const KEY_COUNTS: &[u8] = b"counts";
+/// The audit trail's head: (next sequence number, hash of the last entry).
+const KEY_AUDIT_HEAD: &[u8] = b"audit_head";
 /// In `raft`: the current snapshot's meta and file name (`snap-ID.bin`;
 /// a snapshot this node built is kept as the checkpoint `snap-ID.ckpt` and
 /// has the file only once a follower needed it).
@@ -185,6 +189,94 @@ impl StateReader {
     /// The manifest of (tenant, uid), if stored.
     pub fn manifest(&self, tenant: &str, uid: &str) -> Result<Option<Manifest>, StorageError> {
         self.get(CF_MANIFESTS, &manifest_key(tenant, uid))
+    }
+
+    /// One page of the audit trail from `from`; the next `from` if more.
+    pub fn audit_page(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, Option<u64>), StorageError> {
+        let h = cf(&self.db, CF_AUDIT)?;
+        let start = from.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(h, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (_, v) = item.map_err(read_err)?;
+            let entry: AuditEntry = codec::decode(&v).map_err(read_err)?;
+            if out.len() == limit {
+                return Ok((out, Some(entry.seq)));
+            }
+            out.push(entry);
+        }
+        Ok((out, None))
+    }
+
+    /// Every token record.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        let h = cf(&self.db, CF_TOKENS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(h, IteratorMode::Start) {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(codec::decode(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Walks this node's copy of the audit trail and checks every link:
+    /// each entry's key, sequence number, previous hash and own hash, and
+    /// the recorded head. Names the first entry that fails.
+    pub fn verify_audit(&self) -> Result<AuditVerdict, StorageError> {
+        let h = cf(&self.db, CF_AUDIT)?;
+        let (next, head): (u64, [u8; 32]) =
+            self.get(CF_SM, KEY_AUDIT_HEAD)?.unwrap_or((0, [0; 32]));
+        let mut expected = 0u64;
+        let mut prev = [0u8; 32];
+        let mut bad = None;
+        for item in self.db.iterator_cf(h, IteratorMode::Start) {
+            let (k, v) = item.map_err(read_err)?;
+            let at = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            let why = match codec::decode::<AuditEntry>(&v) {
+                Err(e) => Some(format!("it does not decode ({e}): altered")),
+                Ok(e) if at != expected || e.seq != expected => Some(format!(
+                    "expected entry {expected} here, found entry {} under key {at}: entries removed or moved",
+                    e.seq
+                )),
+                Ok(e) if e.prev != prev => {
+                    Some("its previous-entry hash does not match the entry before it".into())
+                }
+                Ok(e) => match AuditEntry::chain_hash(&prev, e.seq, &e.record) {
+                    Ok(want) if want == e.hash => {
+                        prev = e.hash;
+                        None
+                    }
+                    Ok(_) => Some("its content does not match its hash: altered".into()),
+                    Err(err) => Some(err),
+                },
+            };
+            if let Some(why) = why {
+                bad = Some((at.min(expected), why));
+                break;
+            }
+            expected += 1;
+        }
+        if bad.is_none() && (expected != next || prev != head) {
+            bad = Some((
+                expected,
+                format!(
+                    "the trail ends after {expected} entries but {next} were recorded: entries removed at the end"
+                ),
+            ));
+        }
+        Ok(AuditVerdict {
+            entries: expected,
+            head,
+            first_bad: bad,
+        })
     }
 
     /// The cluster map and erasure profile, once initialised.
@@ -807,6 +899,58 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
             Ok(Ok(Applied::DamageRecorded {
                 shards: shards.len() as u64,
             }))
+        }
+        Command::AppendAudit(records) => {
+            let (mut next, mut prev): (u64, [u8; 32]) =
+                txn.get(CF_SM, KEY_AUDIT_HEAD)?.unwrap_or((0, [0; 32]));
+            let first_seq = next;
+            for record in records {
+                let hash = AuditEntry::chain_hash(&prev, next, &record).map_err(write_err)?;
+                let entry = AuditEntry {
+                    seq: next,
+                    prev,
+                    hash,
+                    record,
+                };
+                txn.put(CF_AUDIT, next.to_be_bytes().to_vec(), &entry)?;
+                prev = hash;
+                next += 1;
+            }
+            txn.put(CF_SM, KEY_AUDIT_HEAD.to_vec(), &(next, prev))?;
+            Ok(Ok(Applied::AuditAppended { first_seq }))
+        }
+        Command::PutToken(t) => {
+            if txn.get::<TokenRecord>(CF_TOKENS, &t.hash)?.is_some() {
+                return Ok(Err(Rejected::Invalid(format!(
+                    "token {} exists already",
+                    t.id
+                ))));
+            }
+            txn.put(CF_TOKENS, t.hash.to_vec(), &t)?;
+            Ok(Ok(Applied::TokenChanged))
+        }
+        Command::RevokeToken {
+            id,
+            revoked_unix_ms,
+        } => {
+            let h = cf(txn.db, CF_TOKENS)?;
+            let mut found = None;
+            for item in txn.db.iterator_cf(h, IteratorMode::Start) {
+                let (k, v) = item.map_err(read_err)?;
+                let t: TokenRecord = codec::decode(&v).map_err(read_err)?;
+                if t.id == id {
+                    found = Some((k.to_vec(), t));
+                    break;
+                }
+            }
+            let Some((key, mut t)) = found else {
+                return Ok(Err(Rejected::NotFound(format!("token {id}"))));
+            };
+            if t.revoked_unix_ms.is_none() {
+                t.revoked_unix_ms = Some(revoked_unix_ms);
+                txn.put(CF_TOKENS, key, &t)?;
+            }
+            Ok(Ok(Applied::TokenChanged))
         }
         Command::RemoveNode { id, force: false }
             if txn.any_with_prefix(CF_HOLDERS, &id.to_be_bytes())? =>

@@ -22,9 +22,14 @@ use tokio::task::JoinHandle;
 use super::{ALL_CFS, snapshot};
 use crate::types::SnapshotMeta;
 
-/// Opens a checkpoint read-only, every column family.
+/// Opens a checkpoint read-only, with every column family it has (one
+/// taken before an upgrade lacks the newer ones; they count as empty).
 pub(crate) fn open_checkpoint(path: &Path) -> Result<DB, rocksdb::Error> {
-    DB::open_cf_for_read_only(&Options::default(), path, ALL_CFS, false)
+    let present = DB::list_cf(&Options::default(), path)?;
+    let cfs = ALL_CFS
+        .into_iter()
+        .filter(|c| present.iter().any(|p| p == c));
+    DB::open_cf_for_read_only(&Options::default(), path, cfs, false)
 }
 
 /// Makes a snapshot's streamable file from its checkpoint.

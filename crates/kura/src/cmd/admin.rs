@@ -8,6 +8,7 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::cmd::client::Channel;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -19,20 +20,27 @@ use kura_proto::v1::{
     StudyProtectionRequest,
 };
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
-use crate::cmd::client::{RpcError, connect_channel, print_json};
+use crate::cmd::client::{CredentialArgs, RpcError, connect_channel, print_json};
+use kura_auth::ClientRole;
 
 #[derive(Debug, Clone, Args)]
 pub struct AdminConnect {
-    /// A gateway's endpoint: http://HOST:PORT or HOST:PORT.
+    /// A gateway's endpoint: HOST:PORT, https://HOST:PORT or http://HOST:PORT.
     #[arg(long, env = "KURA_ENDPOINT", default_value = crate::cmd::client::DEFAULT_ENDPOINT)]
     pub endpoint: String,
+    /// The admin credential's tenant (to find client-TENANT-admin.pem).
+    #[arg(long = "as-tenant", env = "KURA_TENANT", value_name = "TENANT")]
+    pub as_tenant: Option<String>,
+    #[command(flatten)]
+    pub creds: CredentialArgs,
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
     /// Sites, nodes, states, capacity, the Raft leader, protection and
@@ -110,11 +118,18 @@ pub enum AdminCommand {
     Protection {
         #[arg(long, value_name = "UID")]
         study: Option<String>,
-        #[arg(long, env = "KURA_TENANT", default_value = "default")]
-        tenant: String,
+        /// The study's tenant (default: the credential's).
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         connect: AdminConnect,
     },
+    /// Bearer tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(crate::cmd::audit::TokenCommand),
+    /// The audit trail: every access, allowed or refused, hash-chained.
+    /// Without a subcommand: query it (auditor or admin role).
+    Audit(crate::cmd::audit::AuditArgs),
 }
 
 pub fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
@@ -133,9 +148,15 @@ pub fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub async fn admin_client(endpoint: &str) -> anyhow::Result<(AdminClient<Channel>, String)> {
-    let (channel, endpoint) = connect_channel(endpoint).await?;
-    Ok((AdminClient::new(channel), endpoint))
+pub async fn admin_client(c: &AdminConnect) -> anyhow::Result<(AdminClient<Channel>, String)> {
+    let c = connect_channel(
+        &c.endpoint,
+        &c.creds,
+        c.as_tenant.as_deref(),
+        ClientRole::Admin,
+    )
+    .await?;
+    Ok((AdminClient::new(c.channel), c.endpoint))
 }
 
 fn rpc(endpoint: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
@@ -144,8 +165,13 @@ fn rpc(endpoint: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
 
 async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
+        AdminCommand::Token(t) => return crate::cmd::audit::token(t).await,
+        AdminCommand::Audit(a) => {
+            crate::cmd::audit::check_filters(&a.filters)?;
+            return crate::cmd::audit::audit(a).await;
+        }
         AdminCommand::Status(c) => {
-            let (mut client, ep) = admin_client(&c.endpoint).await?;
+            let (mut client, ep) = admin_client(&c).await?;
             let s = client
                 .status(StatusRequest { brief: false })
                 .await
@@ -159,7 +185,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
             timeout_secs,
             connect,
         } => {
-            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let (mut client, ep) = admin_client(&connect).await?;
             let s = client
                 .drain(NodeRequest { id: node })
                 .await
@@ -217,7 +243,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
             name,
             connect,
         } => {
-            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let (mut client, ep) = admin_client(&connect).await?;
             let s = client
                 .add_node(AddNodeRequest {
                     id,
@@ -235,7 +261,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
             force,
             connect,
         } => {
-            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let (mut client, ep) = admin_client(&connect).await?;
             let s = client
                 .remove_node(RemoveNodeRequest { id: node, force })
                 .await
@@ -249,7 +275,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
             force,
             connect,
         } => {
-            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let (mut client, ep) = admin_client(&connect).await?;
             let s = client
                 .set_profile(SetProfileRequest {
                     data_shards,
@@ -262,7 +288,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
             show_status(&s, connect.json)?;
         }
         AdminCommand::Repair { now, connect } => {
-            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let (mut client, ep) = admin_client(&connect).await?;
             let r = if now {
                 client
                     .repair_now(RepairNowRequest {})
@@ -289,7 +315,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
             }
         }
         AdminCommand::Scrub { now, node, connect } => {
-            let (mut client, ep) = admin_client(&connect.endpoint).await?;
+            let (mut client, ep) = admin_client(&connect).await?;
             if !now {
                 anyhow::bail!(
                     "storage nodes scrub on their own schedule ([scrub] in kura.toml); \
@@ -319,8 +345,16 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
             connect,
         } => match study {
             Some(study) => {
-                let (channel, ep) = connect_channel(&connect.endpoint).await?;
-                let mut client = ArchiveClient::new(channel);
+                let conn = connect_channel(
+                    &connect.endpoint,
+                    &connect.creds,
+                    tenant.as_deref().or(connect.as_tenant.as_deref()),
+                    ClientRole::Reader,
+                )
+                .await?;
+                let ep = conn.endpoint;
+                let tenant = tenant.unwrap_or(conn.tenant);
+                let mut client = ArchiveClient::new(conn.channel);
                 let p = client
                     .study_protection(StudyProtectionRequest {
                         tenant,
@@ -360,7 +394,7 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             None => {
-                let (mut client, ep) = admin_client(&connect.endpoint).await?;
+                let (mut client, ep) = admin_client(&connect).await?;
                 let p = client
                     .protection(ProtectionRequest {})
                     .await
@@ -450,6 +484,8 @@ pub fn status_json(s: &ClusterStatus) -> Value {
         "under_protected": s.under_protected,
         "damaged_shards": s.damaged_shards,
         "repair": s.repair.as_ref().map(repair_json),
+        "tls_cert_expiry_days": s.tls_cert_expiry_days,
+        "insecure_plaintext": s.insecure_plaintext,
     })
 }
 
@@ -497,6 +533,21 @@ fn show_status(s: &ClusterStatus, json: bool) -> anyhow::Result<()> {
         return print_json(&status_json(s));
     }
     let mut out = io::stdout().lock();
+    match (s.insecure_plaintext, s.tls_cert_expiry_days) {
+        (true, _) => writeln!(
+            out,
+            "WARNING: insecure_plaintext: no TLS and no authentication on this cluster"
+        )?,
+        (false, Some(days)) if days < 30.0 => writeln!(
+            out,
+            "WARNING: TLS: the first certificate expires in {days:.0} days; issue new ones with kura certs"
+        )?,
+        (false, Some(days)) => writeln!(
+            out,
+            "TLS on every link; the first certificate expires in {days:.0} days"
+        )?,
+        (false, None) => {}
+    }
     writeln!(
         out,
         "cluster: {} instance(s), {} under-protected, {} damaged shard(s); profile {}; map epoch {}",

@@ -25,6 +25,11 @@ pub struct DevArgs {
     /// Print what started as JSON (one line) instead of text.
     #[arg(long)]
     json: bool,
+    /// Plaintext and no authentication on every link, for quick
+    /// experiments (by default every link runs TLS with certificates made
+    /// in DATA/tls, and every caller needs one).
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +41,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let mut config = DevConfig::new(&args.data);
         config.port = args.port;
         config.ops_port = Some(args.ops_port);
+        config.tls = !args.insecure;
         let restarted = kura_dev::is_dev_data_dir(&args.data);
         let mut cluster = DevCluster::start(config)
             .await
@@ -51,6 +57,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 "data": args.data.display().to_string(),
                 "restarted": restarted,
                 "meta": cluster.meta_endpoints(),
+                "tls": !args.insecure,
+                "certs": (!args.insecure).then(|| kura_dev::certs::tls_dir(&args.data).display().to_string()),
                 "layout": cluster.layout(),
             });
             println!("{line}");
@@ -72,9 +80,22 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             if let Some(ops) = ops {
                 println!("  ops:     http://{ops}/metrics, /healthz, /readyz");
             }
-            println!(
-                "  gateway: {gateway}  (try: kura store ../shared/corpus --endpoint {gateway})"
-            );
+            let certs = kura_dev::certs::tls_dir(&args.data);
+            if args.insecure {
+                println!("  WARNING: --insecure: plaintext, no authentication");
+                println!(
+                    "  gateway: http://{gateway}  (try: kura store ../shared/corpus --endpoint http://{gateway})"
+                );
+            } else {
+                println!(
+                    "  TLS and authentication on every link; CA and client certificates in {}",
+                    certs.display()
+                );
+                println!(
+                    "  gateway: https://{gateway}  (try: kura store ../shared/corpus --endpoint {gateway} --certs {})",
+                    certs.display()
+                );
+            }
             println!("Ctrl-C stops the cluster.");
         }
         // Until Ctrl-C, carry out drills (`kura drill site-down`): they stop

@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cmd::client::Channel;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
@@ -35,10 +36,11 @@ use kura_proto::v1::{
 };
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
+use crate::cmd::admin::AdminConnect;
 use crate::cmd::admin::admin_client;
-use crate::cmd::client::{connect_channel, print_json};
+use crate::cmd::client::{CredentialArgs, connect_channel, print_json};
+use kura_auth::ClientRole;
 
 #[derive(Debug, Subcommand)]
 pub enum DrillCommand {
@@ -90,6 +92,8 @@ pub struct SiteDownArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub creds: CredentialArgs,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +102,8 @@ pub struct VerifyArgs {
     pub endpoint: String,
     #[arg(long, env = "KURA_TENANT", default_value = "default")]
     pub tenant: String,
+    #[command(flatten)]
+    pub creds: CredentialArgs,
     /// Check every instance (default: a random sample).
     #[arg(long, conflicts_with = "sample")]
     pub all: bool,
@@ -200,8 +206,22 @@ fn code_of(s: &tonic::Status) -> String {
     kura_proto::code_name(s.code()).to_string()
 }
 
+/// The Admin API as the credentials' admin.
+async fn admin_of(
+    endpoint: &str,
+    creds: &CredentialArgs,
+) -> anyhow::Result<(kura_proto::v1::admin_client::AdminClient<Channel>, String)> {
+    admin_client(&AdminConnect {
+        endpoint: endpoint.to_string(),
+        as_tenant: None,
+        creds: creds.clone(),
+        json: false,
+    })
+    .await
+}
+
 async fn site_down(a: SiteDownArgs) -> anyhow::Result<ExitCode> {
-    let (mut admin, ep) = admin_client(&a.endpoint).await?;
+    let (mut admin, ep) = admin_of(&a.endpoint, &a.creds).await?;
     let status = admin
         .status(StatusRequest { brief: true })
         .await
@@ -214,7 +234,12 @@ async fn site_down(a: SiteDownArgs) -> anyhow::Result<ExitCode> {
             status.sites.join(", ")
         );
     }
-    let (channel, _) = connect_channel(&a.endpoint).await?;
+    let writer = connect_channel(&a.endpoint, &a.creds, Some(&a.tenant), ClientRole::Writer)
+        .await?
+        .channel;
+    let reader = connect_channel(&a.endpoint, &a.creds, Some(&a.tenant), ClientRole::Reader)
+        .await?
+        .channel;
     let drill_id = unix_ms() / 1000;
     let out_dir = a
         .out
@@ -242,7 +267,7 @@ async fn site_down(a: SiteDownArgs) -> anyhow::Result<ExitCode> {
     let mut tasks = Vec::new();
     for w in 0..a.writers {
         let (mut client, shared, stop, counter) = (
-            ArchiveClient::new(channel.clone()),
+            ArchiveClient::new(writer.clone()),
             Arc::clone(&shared),
             Arc::clone(&stop),
             Arc::clone(&counter),
@@ -295,7 +320,7 @@ async fn site_down(a: SiteDownArgs) -> anyhow::Result<ExitCode> {
     }
     for r in 0..a.readers {
         let (mut client, shared, stop) = (
-            ArchiveClient::new(channel.clone()),
+            ArchiveClient::new(reader.clone()),
             Arc::clone(&shared),
             Arc::clone(&stop),
         );
@@ -409,7 +434,7 @@ async fn site_down(a: SiteDownArgs) -> anyhow::Result<ExitCode> {
         let sh = shared.lock().unwrap_or_else(|e| e.into_inner());
         (sh.acked.clone(), sh.unknown.clone())
     };
-    let mut client = ArchiveClient::new(channel.clone());
+    let mut client = ArchiveClient::new(reader.clone());
     let mut lost = Vec::new();
     for (sop, want) in &acked {
         match read_once(&mut client, &a.tenant, sop).await {
@@ -789,8 +814,10 @@ fn html_escape(s: &str) -> String {
 }
 
 async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let (mut admin, ep) = admin_client(&a.endpoint).await?;
-    let (channel, _) = connect_channel(&a.endpoint).await?;
+    let (mut admin, ep) = admin_of(&a.endpoint, &a.creds).await?;
+    let channel = connect_channel(&a.endpoint, &a.creds, Some(&a.tenant), ClientRole::Reader)
+        .await?
+        .channel;
     let mut client = ArchiveClient::new(channel);
     // Every instance's (uid, blake3): paged from the index.
     let mut all = Vec::new();

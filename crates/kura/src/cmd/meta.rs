@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use kura_auth::{TlsMaterial, Transport};
 use kura_meta::{MetaConfig, MetaNode, RaftTimings};
 use kura_proto::meta::{AdminRequest, AdminResponse, Voter};
 use kura_proto::meta_client::MetaClient;
@@ -46,6 +47,42 @@ pub struct RunArgs {
     /// catches up from the log instead of a snapshot).
     #[arg(long, default_value_t = RaftTimings::default().log_kept_behind_snapshot)]
     log_kept: u64,
+    #[command(flatten)]
+    tls: NodeTlsArgs,
+}
+
+/// The TLS identity a `kura meta` command uses: node certificate
+/// `node-ID.pem` in a `kura certs` directory, or plaintext.
+#[derive(Debug, Clone, Args)]
+pub struct NodeTlsArgs {
+    /// The certificate directory (ca.pem, node-ID.pem, node-ID.key).
+    #[arg(
+        long,
+        env = "KURA_CERTS",
+        value_name = "DIR",
+        required_unless_present = "insecure"
+    )]
+    certs: Option<PathBuf>,
+    /// No TLS (a test cluster whose voters run with --insecure too).
+    #[arg(long, conflicts_with = "certs")]
+    insecure: bool,
+}
+
+impl NodeTlsArgs {
+    fn transport(&self, node: u64) -> anyhow::Result<Transport> {
+        match (&self.certs, self.insecure) {
+            (_, true) | (None, _) => Ok(Transport::Plaintext),
+            (Some(dir), false) => {
+                let stem = kura_auth::certs::node_stem(node);
+                let cert = dir.join(format!("{stem}.pem"));
+                let key = dir.join(format!("{stem}.key"));
+                Ok(Transport::tls(TlsMaterial::load(
+                    &dir.join(kura_auth::certs::CA_CERT),
+                    Some((&cert, &key)),
+                )?))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +93,11 @@ pub struct BootstrapArgs {
     /// A voter as ID=HOST:PORT; repeat for each.
     #[arg(long = "voter", value_name = "ID=ADDR", required = true)]
     voters: Vec<String>,
+    /// Act as this node (its certificate in --certs).
+    #[arg(long = "as", value_name = "ID", default_value_t = 1)]
+    as_node: u64,
+    #[command(flatten)]
+    tls: NodeTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +108,11 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Act as this node (its certificate in --certs).
+    #[arg(long = "as", value_name = "ID", default_value_t = 1)]
+    as_node: u64,
+    #[command(flatten)]
+    tls: NodeTlsArgs,
 }
 
 pub fn run(command: MetaCommand) -> anyhow::Result<ExitCode> {
@@ -125,6 +172,7 @@ async fn run_node(args: RunArgs) -> anyhow::Result<ExitCode> {
         advertise_addr: args.advertise.unwrap_or_else(|| addr.clone()),
         timings,
         timeouts: Default::default(),
+        transport: args.tls.transport(args.id)?,
     };
     let node = MetaNode::start(config, listener)
         .await
@@ -182,7 +230,10 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|v| parse_voter(v))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let client = MetaClient::new(vec![args.endpoint.clone()]);
+    let client = MetaClient::new(
+        vec![args.endpoint.clone()],
+        args.tls.transport(args.as_node)?,
+    );
     client
         .admin_at(&args.endpoint, &AdminRequest::Bootstrap { voters })
         .await
@@ -195,7 +246,10 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let client = MetaClient::new(vec![args.endpoint.clone()]);
+    let client = MetaClient::new(
+        vec![args.endpoint.clone()],
+        args.tls.transport(args.as_node)?,
+    );
     let AdminResponse::Status(s) = client
         .admin_at(&args.endpoint, &AdminRequest::Status)
         .await

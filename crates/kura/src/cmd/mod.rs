@@ -3,6 +3,8 @@
 //! only dispatches.
 
 pub mod admin;
+pub mod audit;
+pub mod certs;
 pub mod client;
 pub mod dev;
 pub mod dicom;

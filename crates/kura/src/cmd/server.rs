@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use kura_auth::Transport;
 use kura_gateway::{Gateway, GatewayConfig};
 use kura_meta::{MetaConfig, MetaNode, RaftTimings};
 use kura_proto::meta::{
@@ -73,15 +74,32 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         checked.profile,
         node.data.display()
     );
+    let transport = checked.transport(args.node).map_err(anyhow::Error::msg)?;
+    match transport.material() {
+        Some(m) => println!(
+            "  TLS on every link as {} (first certificate expires in {:.0} days)",
+            m.principal().map(|p| p.to_string()).unwrap_or_default(),
+            m.days_left()
+        ),
+        None => eprintln!(
+            "kura server: WARNING: insecure_plaintext = true: no TLS, no authentication; every caller is trusted. Never run a cluster with patient data like this."
+        ),
+    }
     if args.check {
         return Ok(ExitCode::SUCCESS);
     }
     crate::cmd::meta::init_logs_with("info,openraft=warn");
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    rt.block_on(serve(checked, args.node))
+    rt.block_on(serve(checked, args.node, transport))
 }
 
-async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
+async fn serve(checked: Checked, id: u64, transport: Transport) -> anyhow::Result<ExitCode> {
+    if !transport.is_tls() {
+        tracing::warn!("insecure_plaintext: no TLS and no authentication on any link");
+    }
+    let _expiry = transport
+        .material()
+        .map(|m| kura_gateway::ops::export_cert_expiry(std::sync::Arc::clone(m)));
     let node = checked.node(id).context("node vanished from the config")?;
     let voters = checked.voters();
     let meta_endpoints: Vec<String> = voters.iter().map(|(_, a)| a.clone()).collect();
@@ -106,6 +124,7 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
                 advertise_addr: addr.get_ref().clone(),
                 timings: RaftTimings::default(),
                 timeouts,
+                transport: transport.clone(),
             },
             listener,
         )
@@ -126,6 +145,7 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
         sc.report_interval = report_interval;
         sc.scrub_bytes_per_sec = (cfg.scrub.rate_mb_per_sec.get_ref() * 1e6) as u64;
         sc.scrub_pass_interval = config::secs(&cfg.scrub.interval_secs);
+        sc.transport = transport.clone();
         let s = StorageNode::start(sc, listener)
             .await
             .with_context(|| format!("start the storage node in {}", node.data.display()))?;
@@ -133,6 +153,7 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
         store = Some(s);
         joiner = Some(tokio::spawn(join_map(
             meta_endpoints.clone(),
+            transport.clone(),
             kura_placement::NodeInfo {
                 id,
                 name: format!("store-{id}"),
@@ -151,7 +172,8 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
         let checked_map = checked.cluster_map(|_| 0);
         let profile = checked.profile;
         let voters = voters.clone();
-        tokio::spawn(async move { form_cluster(voters, checked_map, profile).await })
+        let transport = transport.clone();
+        tokio::spawn(async move { form_cluster(voters, checked_map, profile, transport).await })
     });
     let mut ops_listener = match &node.ops {
         Some(o) => Some(
@@ -166,7 +188,7 @@ async fn serve(checked: Checked, id: u64) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(config::listen_addr(addr.get_ref()))
             .await
             .with_context(|| format!("listen for the Archive API on {}", addr.get_ref()))?;
-        let mut gc = GatewayConfig::new(meta_endpoints.clone());
+        let mut gc = GatewayConfig::new(meta_endpoints.clone(), transport.clone());
         gc.site = Some(node.site.get_ref().clone());
         gc.store_deadline = gc.store_deadline.min(grace / 2);
         gc.repair = cfg.repair.enabled.then(|| kura_gateway::RepairConfig {
@@ -223,9 +245,13 @@ fn roles_of(meta: bool, store: bool) -> String {
 /// Puts this storage node into the cluster map if the map exists without
 /// it: a node added to kura.toml after the cluster formed (a replacement
 /// after a site loss, or more capacity) joins by starting.
-async fn join_map(endpoints: Vec<String>, mut info: kura_placement::NodeInfo) {
-    let client = MetaClient::new(endpoints);
-    let store = match ShardsClient::new(&info.addr) {
+async fn join_map(
+    endpoints: Vec<String>,
+    transport: Transport,
+    mut info: kura_placement::NodeInfo,
+) {
+    let client = MetaClient::new(endpoints, transport.clone());
+    let store = match ShardsClient::new(&info.addr, &transport) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot reach this node's own shard service");
@@ -278,11 +304,15 @@ async fn form_cluster(
     voters: Vec<(u64, String)>,
     mut map: kura_placement::ClusterMap,
     profile: kura_erasure::EcParams,
+    transport: Transport,
 ) {
     let Some((_, first)) = voters.iter().min_by_key(|(id, _)| *id).cloned() else {
         return;
     };
-    let client = MetaClient::new(voters.iter().map(|(_, a)| a.clone()).collect());
+    let client = MetaClient::new(
+        voters.iter().map(|(_, a)| a.clone()).collect(),
+        transport.clone(),
+    );
     let request = AdminRequest::Bootstrap {
         voters: voters
             .iter()
@@ -321,7 +351,7 @@ async fn form_cluster(
             if n.capacity_bytes > 0 {
                 continue;
             }
-            match ShardsClient::new(&n.addr) {
+            match ShardsClient::new(&n.addr, &transport) {
                 Ok(c) => match c.node_status().await {
                     Ok(s) => {
                         n.capacity_bytes = s.capacity_bytes;

@@ -1,0 +1,251 @@
+//! The `kura.v1.Audit` service: queries over the audit trail and its
+//! verification on every voter. Auditors and admins only, each within
+//! its own tenant (a plaintext cluster answers everything).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use kura_auth::ClientRole;
+use kura_proto::meta::{
+    AUDIT_PAGE_MAX, AdminRequest, AdminResponse, AuditEntry, Consistency, Query, QueryResult,
+};
+use kura_proto::v1 as pb;
+use kura_proto::v1::audit_server::Audit;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Caller, Touched, audit_record, authorize};
+use crate::cluster::meta_error;
+use crate::error::GatewayError;
+use crate::server::Inner;
+use crate::tokens::TokenCache;
+
+/// The Audit API of one gateway.
+pub struct AuditService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Admits auditors and admins; refusals are audited.
+#[derive(Clone)]
+pub struct AuditGuard {
+    pub enforce: bool,
+    pub tokens: Arc<TokenCache>,
+    pub audit: kura_proto::audit::AuditSink,
+}
+
+impl tonic::service::Interceptor for AuditGuard {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let (caller, verdict) = authorize(
+            &req,
+            self.enforce,
+            &self.tokens,
+            "Audit",
+            &[ClientRole::Auditor, ClientRole::Admin],
+        );
+        if let Err(e) = verdict {
+            let action = format!("Audit.{}", kura_auth::authz::rpc_method(&req));
+            self.audit
+                .record_later(audit_record(&caller, &action, Touched::default(), e.code()));
+            return Err(e.into_status());
+        }
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller {
+            principal: None,
+            peer: kura_auth::peer_addr(request),
+        })
+}
+
+/// Whether `e` passes the query's filters.
+fn matches(q: &pb::AuditQueryRequest, tenant: Option<&str>, e: &AuditEntry) -> bool {
+    let r = &e.record;
+    tenant.is_none_or(|t| t == r.tenant)
+        && (q.tenant.is_empty() || q.tenant == r.tenant)
+        && (q.since_unix_ms == 0 || r.time_unix_ms >= q.since_unix_ms)
+        && (q.until_unix_ms == 0 || r.time_unix_ms <= q.until_unix_ms)
+        && (q.uid.is_empty() || q.uid == r.sop_instance_uid || q.uid == r.study_instance_uid)
+        && (q.patient_id.is_empty() || q.patient_id == r.patient_id)
+}
+
+fn entry_proto(e: &AuditEntry) -> pb::AuditEntry {
+    let r = &e.record;
+    pb::AuditEntry {
+        seq: e.seq,
+        time_unix_ms: r.time_unix_ms,
+        who: r.who.clone(),
+        tenant: r.tenant.clone(),
+        action: r.action.clone(),
+        sop_instance_uid: r.sop_instance_uid.clone(),
+        study_instance_uid: r.study_instance_uid.clone(),
+        patient_id: r.patient_id.clone(),
+        peer: r.peer.clone(),
+        outcome: r.outcome.clone(),
+        recorder: r.recorder.clone(),
+        hash: hex::encode(e.hash),
+        prev: hex::encode(e.prev),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Audit for AuditService {
+    type QueryStream = BoxStream<pb::AuditEntry>;
+
+    async fn query(
+        &self,
+        request: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let caller = caller_of(&request);
+        let q = request.into_inner();
+        let tenant = caller.own_tenant().map(str::to_string);
+        if let Some(own) = &tenant
+            && !q.tenant.is_empty()
+            && &q.tenant != own
+        {
+            let e = GatewayError::PermissionDenied(format!(
+                "the credential is for tenant {own:?}; this query names tenant {:?}",
+                q.tenant
+            ));
+            self.inner
+                .audit
+                .record(audit_record(
+                    &caller,
+                    "Audit.Query",
+                    Touched::default(),
+                    e.code(),
+                ))
+                .await;
+            return Err(e.into_status());
+        }
+        self.inner
+            .audit
+            .record(audit_record(
+                &caller,
+                "Audit.Query",
+                Touched {
+                    sop_instance_uid: q.uid.clone(),
+                    patient_id: q.patient_id.clone(),
+                    ..Touched::default()
+                },
+                tonic::Code::Ok,
+            ))
+            .await;
+        let (tx, rx) = mpsc::channel(256);
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let mut from = q.from_seq;
+            let mut sent = 0u64;
+            loop {
+                let page = inner
+                    .cluster
+                    .meta()
+                    .query(&Query::AuditPage {
+                        from,
+                        limit: AUDIT_PAGE_MAX,
+                        consistency: Consistency::Linearizable,
+                    })
+                    .await;
+                let (entries, next) = match page {
+                    Ok(QueryResult::AuditPage { entries, next }) => (entries, next),
+                    Ok(other) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "unexpected answer to AuditPage: {other:?}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(meta_error(e).into_status())).await;
+                        return;
+                    }
+                };
+                for e in entries.iter().filter(|e| matches(&q, tenant.as_deref(), e)) {
+                    if tx.send(Ok(entry_proto(e))).await.is_err() {
+                        return;
+                    }
+                    sent += 1;
+                    if q.limit > 0 && sent >= q.limit {
+                        return;
+                    }
+                }
+                match next {
+                    Some(n) => from = n,
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::AuditVerifyRequest>,
+    ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
+        let caller = caller_of(&request);
+        let meta = self.inner.cluster.meta();
+        let mut voters = Vec::new();
+        for addr in meta.endpoints() {
+            let mut v = pb::AuditVoterVerdict {
+                addr: addr.clone(),
+                ..Default::default()
+            };
+            if let Ok(AdminResponse::Status(s)) = meta.admin_at(addr, &AdminRequest::Status).await {
+                v.voter = s.id;
+            }
+            match meta.admin_at(addr, &AdminRequest::VerifyAudit).await {
+                Ok(AdminResponse::AuditVerdict(verdict)) => {
+                    v.entries = verdict.entries;
+                    v.head = hex::encode(verdict.head);
+                    match verdict.first_bad {
+                        None => v.ok = true,
+                        Some((seq, why)) => {
+                            v.first_bad_seq = seq;
+                            v.reason = why;
+                        }
+                    }
+                }
+                Ok(other) => v.error = format!("unexpected answer: {other:?}"),
+                Err(e) => v.error = e.to_string(),
+            }
+            voters.push(v);
+        }
+        // Copies that each hold but disagree: at least one was rewritten
+        // whole (or lags: a voter behind has a prefix of the others').
+        let answered: Vec<&pb::AuditVoterVerdict> =
+            voters.iter().filter(|v| v.error.is_empty()).collect();
+        let longest = answered.iter().map(|v| v.entries).max().unwrap_or(0);
+        let heads: std::collections::BTreeSet<&str> = answered
+            .iter()
+            .filter(|v| v.entries == longest)
+            .map(|v| v.head.as_str())
+            .collect();
+        let ok = !answered.is_empty() && answered.iter().all(|v| v.ok) && heads.len() <= 1;
+        let code = if ok {
+            tonic::Code::Ok
+        } else {
+            tonic::Code::DataLoss
+        };
+        self.inner
+            .audit
+            .record(audit_record(
+                &caller,
+                "Audit.Verify",
+                Touched::default(),
+                code,
+            ))
+            .await;
+        Ok(Response::new(pb::AuditVerifyResponse { ok, voters }))
+    }
+}

@@ -1,0 +1,246 @@
+//! Who is calling the public API, and whether they may.
+//!
+//! A caller proves an identity with a client certificate from the
+//! cluster's CA (`kura://client/TENANT/ROLES`) or with a bearer token
+//! (`authorization: Bearer kura_…`, see [`crate::tokens`]). The identity is
+//! one tenant and its roles; the tenant of every call comes from it, so a
+//! request that leaves its tenant empty acts in the caller's tenant and one
+//! naming another tenant is refused before anything is looked up. An
+//! instance of another tenant is therefore never found: the answer is the
+//! same NOT_FOUND as for a UID stored nowhere.
+//!
+//! | role | calls |
+//! |---|---|
+//! | writer | Store |
+//! | reader | Retrieve, Stat, ListStudy, StudyProtection |
+//! | admin | the Admin API (tokens of its own tenant) |
+//! | auditor | the Audit API |
+//!
+//! Every call, allowed or refused, leaves an audit entry ([`audit_record`]).
+
+use kura_auth::{ClientRole, Principal};
+use kura_proto::meta::AuditRecord;
+use tonic::Request;
+
+use crate::error::GatewayError;
+use crate::tokens::TokenCache;
+
+/// The caller of one public call.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// `None` on a plaintext gateway (`insecure_plaintext`), where every
+    /// caller is trusted, and for a caller refused before it proved one.
+    pub principal: Option<Principal>,
+    /// The peer's address.
+    pub peer: String,
+}
+
+impl Caller {
+    /// How logs and audit entries name the caller.
+    pub fn who(&self) -> String {
+        match &self.principal {
+            Some(p) => p.to_string(),
+            None => "anonymous".into(),
+        }
+    }
+
+    /// The credential's tenant, if it has one.
+    pub fn own_tenant(&self) -> Option<&str> {
+        self.principal.as_ref().and_then(Principal::tenant)
+    }
+
+    /// The tenant this call acts in: the credential's; `requested` may
+    /// repeat it or be empty. On a plaintext gateway, `requested` itself.
+    /// A malformed `requested` is INVALID_ARGUMENT for `field` first.
+    pub fn tenant(&self, field: &'static str, requested: &str) -> Result<String, GatewayError> {
+        if !requested.is_empty() {
+            kura_auth::validate_tenant(requested)
+                .map_err(|e| GatewayError::invalid(field, "BAD_TENANT", e))?;
+        }
+        match &self.principal {
+            None => Ok(requested.to_string()),
+            Some(p) => {
+                let own = p.tenant().ok_or_else(|| {
+                    GatewayError::PermissionDenied(format!("{p} is not a client"))
+                })?;
+                if requested.is_empty() || requested == own {
+                    Ok(own.to_string())
+                } else {
+                    Err(GatewayError::PermissionDenied(format!(
+                        "the credential is for tenant {own:?}; this request names tenant {requested:?}"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The bearer token of a request, if it carries an `authorization` header.
+fn bearer<T>(req: &Request<T>) -> Option<Result<String, GatewayError>> {
+    let v = req.metadata().get("authorization")?;
+    let text = match v.to_str() {
+        Ok(t) => t.trim(),
+        Err(_) => {
+            return Some(Err(GatewayError::Unauthenticated(
+                "the authorization header is not text".into(),
+            )));
+        }
+    };
+    Some(match text.strip_prefix("Bearer ") {
+        Some(secret) if !secret.trim().is_empty() => Ok(secret.trim().to_string()),
+        _ => Err(GatewayError::Unauthenticated(
+            "the authorization header must be `Bearer <token>`".into(),
+        )),
+    })
+}
+
+/// Who the caller is, without deciding what they may do: a bearer token
+/// if the request carries one, else the client certificate. With
+/// `enforce` off (a plaintext gateway) everyone passes as anonymous.
+pub fn identify<T>(
+    req: &Request<T>,
+    enforce: bool,
+    tokens: &TokenCache,
+) -> (Caller, Result<(), GatewayError>) {
+    let peer = kura_auth::peer_addr(req);
+    let anonymous = |r| {
+        (
+            Caller {
+                principal: None,
+                peer: peer.clone(),
+            },
+            r,
+        )
+    };
+    if !enforce {
+        return anonymous(Ok(()));
+    }
+    let principal = match bearer(req) {
+        Some(Ok(secret)) => match tokens.principal(&secret) {
+            Some(p) => Some(p),
+            None => {
+                return anonymous(Err(GatewayError::Unauthenticated(
+                    "the bearer token is unknown or revoked".into(),
+                )));
+            }
+        },
+        Some(Err(e)) => return anonymous(Err(e)),
+        None => match kura_auth::peer_principal(req) {
+            Ok(p) => p,
+            Err(s) => {
+                return anonymous(Err(GatewayError::PermissionDenied(s.message().to_string())));
+            }
+        },
+    };
+    match principal {
+        None => anonymous(Err(GatewayError::Unauthenticated(
+            "this call needs a client certificate from the cluster's CA or a bearer token \
+             (kura certs client, kura admin token create)"
+                .into(),
+        ))),
+        Some(p) => (
+            Caller {
+                principal: Some(p),
+                peer: peer.clone(),
+            },
+            Ok(()),
+        ),
+    }
+}
+
+/// Authenticates the caller of `rpc` and checks it has one of `roles`.
+/// Answers the caller (anonymous if it proved nothing) and the verdict;
+/// a refusal is logged, and the caller records it in the audit trail.
+pub fn authorize<T>(
+    req: &Request<T>,
+    enforce: bool,
+    tokens: &TokenCache,
+    rpc: &'static str,
+    roles: &[ClientRole],
+) -> (Caller, Result<(), GatewayError>) {
+    let (caller, identified) = identify(req, enforce, tokens);
+    let verdict = identified.and_then(|()| match &caller.principal {
+        None => Ok(()),
+        Some(Principal::Client { roles: has, .. }) if roles.iter().any(|r| has.contains(*r)) => {
+            Ok(())
+        }
+        Some(p) => {
+            let has = match p {
+                Principal::Client { roles, .. } => format!("role {roles}"),
+                Principal::Node { .. } => "a node certificate".into(),
+            };
+            let needs: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            Err(GatewayError::PermissionDenied(format!(
+                "{p} has {has}; {rpc} needs role {}",
+                needs.join(" or ")
+            )))
+        }
+    });
+    if let Err(e) = &verdict {
+        tracing::warn!(target: "kura::access", rpc, caller = %caller.who(), peer = %caller.peer, code = ?e.code(), "call refused");
+    }
+    (caller, verdict)
+}
+
+/// What one call leaves in the audit trail.
+#[derive(Clone, Debug, Default)]
+pub struct Touched {
+    pub tenant: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub patient_id: String,
+}
+
+/// The audit record of a finished call.
+pub fn audit_record(
+    caller: &Caller,
+    action: &str,
+    touched: Touched,
+    code: tonic::Code,
+) -> AuditRecord {
+    AuditRecord {
+        time_unix_ms: 0,
+        who: caller.who(),
+        tenant: if touched.tenant.is_empty() {
+            caller.own_tenant().unwrap_or_default().to_string()
+        } else {
+            touched.tenant
+        },
+        action: action.to_string(),
+        sop_instance_uid: touched.sop_instance_uid,
+        study_instance_uid: touched.study_instance_uid,
+        patient_id: touched.patient_id,
+        peer: caller.peer.clone(),
+        outcome: kura_proto::code_name(code).to_string(),
+        recorder: String::new(),
+    }
+}
+
+/// The Admin API takes admin identities only; a refusal is audited here
+/// (the call never reaches a handler).
+#[derive(Clone)]
+pub struct AdminGuard {
+    pub enforce: bool,
+    pub tokens: std::sync::Arc<TokenCache>,
+    pub audit: kura_proto::audit::AuditSink,
+}
+
+impl tonic::service::Interceptor for AdminGuard {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
+        let (caller, verdict) = authorize(
+            &req,
+            self.enforce,
+            &self.tokens,
+            "Admin",
+            &[ClientRole::Admin],
+        );
+        if let Err(e) = verdict {
+            let action = format!("Admin.{}", kura_auth::authz::rpc_method(&req));
+            self.audit
+                .record_later(audit_record(&caller, &action, Touched::default(), e.code()));
+            return Err(e.into_status());
+        }
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
