@@ -16,6 +16,12 @@
 //! the same instances (same bytes, same count, same concurrency). The
 //! table also shows the cores `kura dev` kept busy in each Kura phase.
 //!
+//! Kura's figures are taken with TLS and authentication on (a client
+//! certificate from the dev cluster's CA), as a deployment runs. The TLS
+//! column repeats each Kura phase against a second `kura dev --insecure`
+//! (fresh instances, same plan) and prints TLS ÷ plaintext: what security
+//! costs.
+//!
 //! ```text
 //! cargo build --release --workspace --bins
 //! target/release/ingest [--kura PATH] [--streams 1,8,32] [--seconds 10 | --count N]
@@ -35,14 +41,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use kura_auth::{ClientRole, ClientRoles};
 use kura_dicom::synthetic::{Synthetic, head, pixels, uid};
 use kura_proto::v1::archive_client::ArchiveClient;
 use kura_proto::v1::{
     RetrieveRequest, StoreHeader, StoreRequest, retrieve_response, store_request,
 };
+use kura_testkit::certs::CertDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Bytes per Store `chunk` message, per HTTP body write, per file write.
 const CHUNK: usize = 1024 * 1024;
@@ -465,6 +473,9 @@ async fn join_all<T>(
 struct KuraDev {
     child: Child,
     gateway: String,
+    /// TLS with a client certificate (tenant [`TENANT`], reader+writer)
+    /// from the dev cluster's CA.
+    transport: kura_auth::Transport,
     log: PathBuf,
 }
 
@@ -475,11 +486,14 @@ fn log_tail(log: &Path) -> String {
 }
 
 impl KuraDev {
-    fn start(kura: &Path, data: &Path, log: &Path) -> Result<KuraDev, String> {
+    /// `kura dev` with TLS and authentication, as it runs by default, or
+    /// with `--insecure` (the plaintext baseline of the TLS column).
+    fn start(kura: &Path, data: &Path, log: &Path, insecure: bool) -> Result<KuraDev, String> {
         let log_file = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
         let mut child = Process::new(kura)
             .args(["dev", "--port", "0", "--ops-port", "0", "--json", "--data"])
             .arg(data)
+            .args(insecure.then_some("--insecure"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -493,25 +507,34 @@ impl KuraDev {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         let read = reader.read_line(&mut line);
-        let parsed: Result<String, String> = match read {
+        let parsed: Result<(String, kura_auth::Transport), String> = match read {
             Ok(0) => Err("kura dev exited before printing its addresses".into()),
             Err(e) => Err(format!("reading kura dev's output: {e}")),
             Ok(_) => serde_json::from_str::<serde_json::Value>(&line)
                 .map_err(|e| format!("kura dev printed {line:?}: {e}"))
                 .and_then(|v| {
-                    v["gateway"]
+                    let gateway = v["gateway"]
                         .as_str()
                         .map(str::to_owned)
-                        .ok_or(format!("kura dev printed no gateway: {line:?}"))
+                        .ok_or(format!("kura dev printed no gateway: {line:?}"))?;
+                    let transport = match v["certs"].as_str() {
+                        Some(dir) => CertDir::open(kura, Path::new(dir)).client_transport(
+                            TENANT,
+                            ClientRoles::of(&[ClientRole::Reader, ClientRole::Writer]),
+                        )?,
+                        None => kura_auth::Transport::Plaintext,
+                    };
+                    Ok((gateway, transport))
                 }),
         };
         match parsed {
-            Ok(gateway) => {
+            Ok((gateway, transport)) => {
                 // Keep draining its stdout so it never writes into a closed pipe.
                 std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
                 Ok(KuraDev {
                     child,
                     gateway,
+                    transport,
                     log: log.to_owned(),
                 })
             }
@@ -569,8 +592,12 @@ impl Drop for KuraDev {
 // ---------------------------------------------------------------------------
 // Kura over gRPC
 
-async fn connect(gateway: &str) -> Result<ArchiveClient<Channel>, String> {
-    let channel = Endpoint::from_shared(format!("http://{gateway}"))
+async fn connect(
+    gateway: &str,
+    transport: &kura_auth::Transport,
+) -> Result<ArchiveClient<Channel>, String> {
+    let channel = transport
+        .endpoint(gateway)
         .map_err(|e| format!("gateway address {gateway:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
@@ -1204,7 +1231,10 @@ struct Row {
     workload: Workload,
     streams: usize,
     op: &'static str,
+    /// With TLS and authentication: Kura's figure.
     kura: Figures,
+    /// The same on a plaintext cluster (`kura dev --insecure`).
+    plain: Figures,
     ceiling: Figures,
     orthanc: Option<Figures>,
 }
@@ -1234,6 +1264,8 @@ impl Row {
             format!("{:.2}", self.kura.mb_per_s() / self.ceiling.mb_per_s()),
             orthanc_mb,
             orthanc_ratio,
+            format!("{:.1}", self.plain.mb_per_s()),
+            format!("{:.2}", self.kura.mb_per_s() / self.plain.mb_per_s()),
         ])
     }
 
@@ -1249,17 +1281,34 @@ impl Row {
             "kura_over_ceiling": ratio(&self.ceiling),
             "orthanc": self.orthanc.as_ref().map(Figures::json),
             "kura_over_orthanc": self.orthanc.as_ref().map(ratio),
+            "plaintext": self.plain.json(),
+            "tls_over_plaintext": ratio(&self.plain),
         })
     }
 }
 
 /// One line of the table: workload, streams, op, n | kura inst/s, MB/s,
-/// p50, p99, cores of `kura dev` | ceiling MB/s, kura/ceiling | orthanc
-/// MB/s, kura/orthanc.
-fn table_line(c: [String; 13]) -> String {
+/// p50, p99, cores of `kura dev` (TLS and authentication on) | ceiling
+/// MB/s, kura/ceiling | orthanc MB/s, kura/orthanc | plaintext MB/s,
+/// tls/plaintext.
+fn table_line(c: [String; 15]) -> String {
     format!(
-        "{:<16} {:>7} {:<8} {:>5} | {:>7} {:>7} {:>7} {:>7} {:>5} | {:>7} {:>9} | {:>7} {:>9}",
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+        "{:<16} {:>7} {:<8} {:>5} | {:>7} {:>7} {:>7} {:>7} {:>5} | {:>7} {:>9} | {:>7} {:>9} | {:>7} {:>9}",
+        c[0],
+        c[1],
+        c[2],
+        c[3],
+        c[4],
+        c[5],
+        c[6],
+        c[7],
+        c[8],
+        c[9],
+        c[10],
+        c[11],
+        c[12],
+        c[13],
+        c[14]
     )
 }
 
@@ -1279,12 +1328,14 @@ fn table_head() -> String {
             "kura/ceil",
             "MB/s",
             "kura/orth",
+            "MB/s",
+            "tls/plain",
         ]
         .map(str::to_owned),
     );
     format!(
-        "{:<39} | {:<37} | {:<17} | {}\n{head}",
-        "", "kura", "ceiling (files)", "orthanc"
+        "{:<39} | {:<37} | {:<17} | {:<17} | {}\n{head}",
+        "", "kura (TLS + auth)", "ceiling (files)", "orthanc", "kura plaintext"
     )
 }
 
@@ -1322,8 +1373,18 @@ async fn real_main() -> Result<(), String> {
         &args.kura,
         &scratch.path().join("kura"),
         &scratch.path().join("kura-dev.log"),
+        false,
     )?;
-    let client = connect(&dev.gateway).await?;
+    let client = connect(&dev.gateway, &dev.transport).await?;
+    // The same cluster in plaintext, measured right after, for the cost
+    // of TLS and authentication (Kura's figures are the TLS ones).
+    let plain_dev = KuraDev::start(
+        &args.kura,
+        &scratch.path().join("kura-plain"),
+        &scratch.path().join("kura-dev-plain.log"),
+        true,
+    )?;
+    let plain_client = connect(&plain_dev.gateway, &plain_dev.transport).await?;
     let run = format!(
         "{}.{}",
         SystemTime::now()
@@ -1335,6 +1396,11 @@ async fn real_main() -> Result<(), String> {
     let slice_pool = pixel_pool(SLICE);
     let warm = Set::new(SLICE, format!("{run}.0"), slice_pool.clone());
     kura_warm_up(&client, &warm).await?;
+    kura_warm_up(
+        &plain_client,
+        &Set::new(SLICE, format!("{run}.p0"), slice_pool.clone()),
+    )
+    .await?;
     if let Some(a) = &args.orthanc {
         let mut http = Http::new(a);
         orthanc_store(&mut http, &warm, 0).await?;
@@ -1387,6 +1453,22 @@ async fn real_main() -> Result<(), String> {
             let kura_read_fig = kura_retrieve_phase(&client, &set, &sent, streams)
                 .await?
                 .with_cpu(cpu, Cpu::now(dev.pid()));
+            eprintln!("  the same in plaintext (the TLS column's baseline) …");
+            let plain_set = Arc::new(Set::new(workload, format!("{run}.p{cell}"), pool.clone()));
+            let cpu = Cpu::now(plain_dev.pid());
+            let (plain_store_fig, _) =
+                kura_ingest_phase(&plain_client, &plain_set, streams, args.plan).await?;
+            let plain_store_fig = plain_store_fig.with_cpu(cpu, Cpu::now(plain_dev.pid()));
+            let plain_sent: Sent = Arc::new(
+                (0..plain_store_fig.ops)
+                    .map(|n| plain_set.blake3(n))
+                    .collect(),
+            );
+            let cpu = Cpu::now(plain_dev.pid());
+            let plain_read_fig =
+                kura_retrieve_phase(&plain_client, &plain_set, &plain_sent, streams)
+                    .await?
+                    .with_cpu(cpu, Cpu::now(plain_dev.pid()));
             eprintln!("  ceiling write and read …");
             let dir = scratch.path().join(format!("ceiling-{cell}"));
             let cpu = Cpu::now(dev.pid());
@@ -1415,6 +1497,7 @@ async fn real_main() -> Result<(), String> {
                     streams,
                     op: "store",
                     kura: kura_store_fig,
+                    plain: plain_store_fig,
                     ceiling: ceil_write,
                     orthanc: orth_store,
                 },
@@ -1423,6 +1506,7 @@ async fn real_main() -> Result<(), String> {
                     streams,
                     op: "retrieve",
                     kura: kura_read_fig,
+                    plain: plain_read_fig,
                     ceiling: ceil_read,
                     orthanc: orth_read,
                 },
@@ -1436,6 +1520,7 @@ async fn real_main() -> Result<(), String> {
     }
     eprintln!("stopping kura dev");
     dev.stop()?;
+    plain_dev.stop()?;
     let total = started.elapsed().as_secs_f64();
     if args.json {
         let doc = serde_json::json!({

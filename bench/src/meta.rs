@@ -28,6 +28,7 @@ use kura_placement::{
 };
 use kura_proto::meta::{AdminRequest, AdminResponse, Applied, Command, Voter};
 use kura_proto::meta_client::{MetaClient, Retry};
+use kura_testkit::certs::CertDir;
 
 struct Args {
     kura: PathBuf,
@@ -134,6 +135,8 @@ fn manifest(n: u64) -> Manifest {
 struct Cluster {
     children: Vec<Child>,
     addrs: Vec<String>,
+    /// TLS as a gateway would call the voters (node 100's certificate).
+    transport: kura_auth::Transport,
     dir: tempfile::TempDir,
 }
 
@@ -215,12 +218,19 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+    kura_testkit::free_port().map_err(|e| e.to_string())
 }
 
+/// The voters run TLS as in a real cluster: certificates made with `kura
+/// certs` (voters 1-3 with role meta, node 100 as the bench's gateway).
 async fn start_cluster(kura: &Path, data: &Path) -> Result<Cluster, String> {
     let dir = tempfile::tempdir_in(data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let certs = CertDir::init(kura, &dir.path().join("certs"))?;
+    for id in 1..=3u64 {
+        certs.node_with(id, "meta", &["127.0.0.1"])?;
+    }
+    certs.node_with(100, "gateway", &["127.0.0.1"])?;
+    let transport = certs.node_transport(100)?;
     let mut children = Vec::new();
     let mut addrs = Vec::new();
     for id in 1..=3u64 {
@@ -240,6 +250,8 @@ async fn start_cluster(kura: &Path, data: &Path) -> Result<Cluster, String> {
                 // 3 GB of log per voter.
                 "--log-kept",
                 "200",
+                "--certs",
+                &certs.dir.display().to_string(),
                 "--data",
             ])
             .arg(dir.path().join(format!("meta-{id}")))
@@ -253,9 +265,10 @@ async fn start_cluster(kura: &Path, data: &Path) -> Result<Cluster, String> {
     let cluster = Cluster {
         children,
         addrs,
+        transport,
         dir,
     };
-    let client = MetaClient::new(cluster.addrs.clone());
+    let client = MetaClient::new(cluster.addrs.clone(), cluster.transport.clone());
     let voters: Vec<Voter> = cluster
         .addrs
         .iter()
@@ -479,7 +492,7 @@ async fn real_main() -> Result<(), String> {
         args.kura.display()
     );
     let cluster = start_cluster(&args.kura, &args.data).await?;
-    let client = MetaClient::new(cluster.addrs.clone());
+    let client = MetaClient::new(cluster.addrs.clone(), cluster.transport.clone());
     let next = Arc::new(AtomicU64::new(0));
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut rows = Vec::new();

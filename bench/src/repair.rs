@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kura_dev::RepairConfig;
 use kura_dev::{DevCluster, DevConfig};
 use kura_dicom::synthetic::{Synthetic, instance, uid};
-use kura_gateway::RepairConfig;
 use kura_placement::NodeState;
 use kura_proto::meta::{Command, Consistency, Query, QueryResult};
 use kura_proto::meta_client::{MetaClient, Retry};
@@ -138,12 +138,21 @@ async fn run_once(a: &Args, rate: Option<u64>) -> Result<(), String> {
     });
     let mut dev = DevCluster::start(cfg).await.map_err(|e| e.to_string())?;
     let gateway = dev.gateway_addr().ok_or("no gateway")?;
-    let channel = Channel::from_shared(format!("http://{gateway}"))
+    let channel = dev
+        .client_transport(
+            "bench",
+            &[kura_auth::ClientRole::Reader, kura_auth::ClientRole::Writer],
+        )
+        .map_err(|e| e.to_string())?
+        .endpoint(&gateway.to_string())
         .map_err(|e| e.to_string())?
         .connect()
         .await
         .map_err(|e| e.to_string())?;
-    let meta = MetaClient::new(dev.meta_endpoints().to_vec());
+    let meta = MetaClient::new(
+        dev.meta_endpoints().to_vec(),
+        dev.node_transport().map_err(|e| e.to_string())?,
+    );
     let size = a.size_kib * 1024;
 
     // Fill.

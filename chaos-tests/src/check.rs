@@ -96,7 +96,7 @@ async fn final_read(targets: &[Target], uid: &str, salt: usize) -> Final {
     let mut last = String::new();
     for attempt in 0..16 {
         let t = &targets[(salt + attempt) % targets.len()];
-        let mut c = archive_client(&t.addr);
+        let mut c = archive_client(t);
         match retrieve_call(&mut c, uid, Duration::from_secs(20)).await {
             (Outcome::Ok, Some(h)) => return Final::Found(h),
             (Outcome::Fail { code, .. }, _) if code == "NOT_FOUND" => {
@@ -249,7 +249,7 @@ pub async fn check(history: &[Op], targets: &[Target], studies: &[String]) -> Ve
         let mut last = String::new();
         for attempt in 0..10 {
             let t = &targets[(i + attempt) % targets.len()];
-            match list_study(&mut archive_client(&t.addr), study).await {
+            match list_study(&mut archive_client(t), study).await {
                 Ok(l) => {
                     listed = Some(l);
                     break;

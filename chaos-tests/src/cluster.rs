@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use kura_auth::{ClientRole, ClientRoles, Transport};
 use kura_placement::NodeState;
+use kura_testkit::certs::CertDir;
 
 use crate::meta::Meta;
 use crate::net::{Net, sh, sh_ok, signal};
@@ -113,7 +115,7 @@ pub fn site_specs(net: &Net, dir: &Path, site: usize, replacement: bool) -> Vec<
         .collect()
 }
 
-fn config_text(t: &Tuning, nodes: &[NodeSpec]) -> String {
+fn config_text(t: &Tuning, nodes: &[NodeSpec], certs: &Path) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -132,6 +134,7 @@ fn config_text(t: &Tuning, nodes: &[NodeSpec]) -> String {
         t.scrub_rate_mb,
         t.scrub_interval_secs
     );
+    let _ = writeln!(s, "[tls]\ndir = \"{}\"\n", certs.display());
     for site in SITES {
         let _ = writeln!(s, "[[site]]\nname = \"{site}\"");
     }
@@ -307,6 +310,8 @@ pub struct Cluster {
     poller_stop: Arc<AtomicBool>,
     poller: Option<std::thread::JoinHandle<()>>,
     configs: u32,
+    /// The cluster's CA and certificates, made with `kura certs`.
+    pub certs: CertDir,
     pub net: Net,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -317,6 +322,7 @@ impl Cluster {
     /// binary into it (a concurrent build cannot swap it mid-run), and
     /// writes nothing else yet.
     pub fn prepare(kura: &Path) -> Cluster {
+        kura_testkit::install_crypto_provider();
         let net = Net::create(&SITES);
         let base =
             PathBuf::from(std::env::var_os("KURA_CHAOS_DIR").unwrap_or_else(|| "/var/tmp".into()));
@@ -328,6 +334,7 @@ impl Cluster {
         let dir = tmp.path().to_path_buf();
         let local = dir.join("kura");
         std::fs::copy(kura, &local).expect("copy the kura binary");
+        let certs = CertDir::init(&local, &dir.join("certs")).expect("kura certs init");
         let book = Arc::new(Mutex::new(RepairBook::default()));
         let poller_stop = Arc::new(AtomicBool::new(false));
         let poller = {
@@ -349,6 +356,7 @@ impl Cluster {
             poller_stop,
             poller: Some(poller),
             configs: 0,
+            certs,
             net,
             dir,
             _tmp: Some(tmp),
@@ -367,11 +375,13 @@ impl Cluster {
     pub fn add_nodes(&mut self, specs: &[NodeSpec]) -> PathBuf {
         self.configs += 1;
         let path = self.dir.join(format!("kura-{}.toml", self.configs));
-        std::fs::write(&path, config_text(&self.tuning, specs)).expect("write the config");
+        std::fs::write(&path, config_text(&self.tuning, specs, &self.certs.dir))
+            .expect("write the config");
         for spec in specs {
             if self.nodes.iter().any(|n| n.spec.id == spec.id) {
                 continue;
             }
+            self.certs.node(&path, spec.id).expect("kura certs node");
             std::fs::create_dir_all(&spec.data).expect("data dir");
             self.nodes.push(Node {
                 spec: spec.clone(),
@@ -547,13 +557,32 @@ impl Cluster {
             .map(|n| Target {
                 label: format!("{}/{}", n.spec.site, n.spec.id),
                 addr: n.spec.gateway_addr(),
+                transport: self.client_transport(),
             })
             .collect()
+    }
+
+    /// The workload's credential: tenant [`crate::workload::TENANT`],
+    /// reader and writer.
+    pub fn client_transport(&self) -> Transport {
+        self.certs
+            .client_transport(
+                crate::workload::TENANT,
+                ClientRoles::of(&[ClientRole::Reader, ClientRole::Writer]),
+            )
+            .expect("client certificate")
+    }
+
+    /// A node's identity for calling voters and storage nodes directly:
+    /// node 1's (it runs every role).
+    pub fn node_transport(&self) -> Transport {
+        self.certs.node_transport(1).expect("node 1 certificate")
     }
 
     /// A metadata client over the voters of every known node.
     pub fn meta(&self) -> Meta {
         Meta::new(
+            self.node_transport(),
             self.nodes
                 .iter()
                 .filter(|n| n.spec.meta)

@@ -22,9 +22,10 @@ pub struct Meta {
 }
 
 impl Meta {
-    pub fn new(voters: Vec<(u64, String)>) -> Meta {
+    pub fn new(transport: kura_auth::Transport, voters: Vec<(u64, String)>) -> Meta {
         let client = MetaClient::with_timeouts(
             voters.iter().map(|(_, a)| a.clone()).collect(),
+            transport,
             Duration::from_secs(3),
             Duration::from_secs(8),
         );

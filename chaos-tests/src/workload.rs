@@ -9,17 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use kura_dicom::synthetic::{Synthetic, instance, uid};
 use kura_proto::code_name;
 use kura_proto::v1::archive_client::ArchiveClient;
-use kura_proto::v1::{
-    ListStudyRequest, RetrieveRequest, StoreHeader, StoreRequest, retrieve_response, store_request,
-};
+use kura_proto::v1::{ListStudyRequest, RetrieveRequest, StoreRequest, retrieve_response};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Every instance of the suite belongs to this tenant.
@@ -31,6 +28,8 @@ pub struct Target {
     /// `site/node`, for the history.
     pub label: String,
     pub addr: String,
+    /// TLS with the workload's client certificate.
+    pub transport: kura_auth::Transport,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,9 +113,11 @@ pub fn classify(s: &Status) -> Outcome {
 
 /// A client of one gateway: lazy connection, keep-alives so a dead peer
 /// is noticed, 8 MiB messages.
-pub fn archive_client(addr: &str) -> ArchiveClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("gateway uri")
+pub fn archive_client(target: &Target) -> ArchiveClient<Channel> {
+    let channel = target
+        .transport
+        .endpoint(&target.addr)
+        .expect("gateway endpoint")
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(2))
@@ -129,19 +130,7 @@ pub fn archive_client(addr: &str) -> ArchiveClient<Channel> {
 }
 
 fn store_messages(bytes: &[u8]) -> Vec<StoreRequest> {
-    let mut out = vec![StoreRequest {
-        msg: Some(store_request::Msg::Header(StoreHeader {
-            tenant: TENANT.into(),
-            expected_blake3: None,
-            size: Some(bytes.len() as u64),
-        })),
-    }];
-    for c in bytes.chunks(64 * 1024) {
-        out.push(StoreRequest {
-            msg: Some(store_request::Msg::Chunk(Bytes::copy_from_slice(c))),
-        });
-    }
-    out
+    kura_testkit::store_messages(TENANT, bytes, 64 * 1024)
 }
 
 /// One Store; answers the outcome and the blake3 the gateway reported.
@@ -355,7 +344,7 @@ impl Workload {
     pub async fn probe_store(&self, target: &Target, deadline: Duration) -> Op {
         let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let mut rng = StdRng::seed_from_u64(self.seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let mut client = archive_client(&target.addr);
+        let mut client = archive_client(target);
         do_store(
             &self.shared,
             &mut client,
@@ -378,7 +367,7 @@ impl Workload {
         blake3: &str,
         deadline: Duration,
     ) -> Op {
-        let mut client = archive_client(&target.addr);
+        let mut client = archive_client(target);
         do_retrieve(
             &self.shared,
             &mut client,
@@ -483,7 +472,7 @@ async fn client(shared: Arc<Shared>, c: usize, mut rng: StdRng, mix: Mix) {
         };
         let grpc = clients
             .entry(target.addr.clone())
-            .or_insert_with(|| archive_client(&target.addr));
+            .or_insert_with(|| archive_client(&target));
         let pick = if c < mix.writers {
             None
         } else {

@@ -325,6 +325,7 @@ fn gateway_of(c: &Cluster, site: &str) -> Target {
         .map(|n| Target {
             label: format!("{}/{}", n.spec.site, n.spec.id),
             addr: n.spec.gateway_addr(),
+            transport: c.client_transport(),
         })
         .expect("the site's gateway")
 }
@@ -520,6 +521,7 @@ fn s3_leader_kills() {
             let watch = DownWatch::start(meta.clone(), bystanders);
             c.kill(leader);
             let survivors = Meta::new(
+                c.node_transport(),
                 meta.voters
                     .iter()
                     .filter(|(id, _)| *id != leader)
@@ -798,7 +800,8 @@ fn s5_bit_rot() {
              (kura_store_scrub_corrupt_found_total)",
             t.elapsed().as_secs_f64()
         ));
-        let client = ShardsClient::new(&c.node(victim).spec.store_addr()).expect("client");
+        let client = ShardsClient::new(&c.node(victim).spec.store_addr(), &c.node_transport())
+            .expect("client");
         let t = Instant::now();
         until(
             "every damaged shard rewritten and served again",
@@ -983,7 +986,8 @@ fn s6_disk_full() {
             d.0, d.1
         ));
         // A put straight to the node: refused cleanly.
-        let client = ShardsClient::new(&c.node(victim).spec.store_addr()).expect("client");
+        let client = ShardsClient::new(&c.node(victim).spec.store_addr(), &c.node_transport())
+            .expect("client");
         let before = files_under(&store_dir.join("shards"));
         let (id, shard) = probe_shard(&mut ctx);
         let err = client

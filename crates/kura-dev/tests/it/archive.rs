@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use kura_auth::ClientRole;
 use kura_proto::meta::{Consistency, Query, QueryResult};
-use kura_proto::meta_client::MetaClient;
 use kura_proto::v1::{ListStudyRequest, StoreHeader, StoreRequest, store_request};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -18,7 +18,7 @@ use crate::harness::{
 };
 
 async fn manifest_count(c: &Cluster) -> u64 {
-    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    let meta = c.meta();
     match meta
         .query(&Query::CountManifests {
             consistency: Consistency::Linearizable,
@@ -105,7 +105,8 @@ async fn corpus_round_trips_and_refusals_store_nothing() {
     assert!(again.already_stored, "{file}: already stored");
     assert_eq!(c.shard_count(), shards, "a re-store writes no shard");
     // Another tenant is another namespace.
-    let other = store(&mut client, "other-tenant", bytes)
+    let mut other_client = c.client_as("other-tenant", &[ClientRole::Writer]).await;
+    let other = store(&mut other_client, "other-tenant", bytes)
         .await
         .expect("store");
     assert!(!other.already_stored);
@@ -173,14 +174,11 @@ async fn bad_streams_are_refused_and_store_nothing() {
     assert!(e.message().contains("hash"), "{}", e.message());
 
     // Cut off mid-upload: the client goes away after some chunks.
-    let addr = c.dev.gateway_addr().expect("gateway");
     let chunks: Vec<StoreRequest> = store_messages(TENANT, &bytes, 64 * 1024);
+    let channel = c
+        .channel_as(TENANT, &[ClientRole::Writer, ClientRole::Reader])
+        .await;
     let upload = tokio::spawn(async move {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
         let mut client = kura_proto::v1::archive_client::ArchiveClient::new(channel);
         let stream = futures::stream::unfold(chunks.into_iter().enumerate(), |mut it| async move {
             let (i, m) = it.next()?;

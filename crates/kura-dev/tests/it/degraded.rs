@@ -1,8 +1,6 @@
 //! Degraded reads: storage nodes really stopped, shard files corrupted on
 //! disk — every read still returns exactly the stored bytes.
 
-use kura_proto::shards_client::ShardsClient;
-
 use kura_dicom::synthetic::{Synthetic, instance as synthetic, uid};
 
 use crate::harness::{Cluster, TENANT, corpus, corpus_dir, retrieve, store};
@@ -124,7 +122,7 @@ async fn corrupted_shard_files_are_read_around_and_reported() {
     read_all(&c, &stored, "with corrupt shards on one node").await;
     // The node noticed and reports it.
     let addr = c.dev.storage_node(victim).expect("runs").addr().to_string();
-    let node = ShardsClient::new(&addr).expect("client");
+    let node = c.shards(&addr);
     let status = node.node_status().await.expect("status");
     assert!(
         status.corrupt_count > 0,

@@ -4,13 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::Bytes;
+use kura_auth::ClientRole;
 use kura_dev::{DevCluster, DevConfig};
 use kura_proto::v1::archive_client::ArchiveClient;
-use kura_proto::v1::{
-    RetrieveRequest, StatRequest, StoreHeader, StoreRequest, StoreResponse, retrieve_response,
-    store_request,
-};
+use kura_proto::v1::{RetrieveRequest, StatRequest, StoreResponse, retrieve_response};
 use tonic::transport::Channel;
 
 pub const TENANT: &str = "e2e";
@@ -40,16 +37,50 @@ impl Cluster {
         Cluster { dev, dir }
     }
 
+    /// A client of tenant [`TENANT`] that may store and read.
     pub async fn client(&self) -> ArchiveClient<Channel> {
-        let addr = self.dev.gateway_addr().expect("gateway runs");
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
+        self.client_as(TENANT, &[ClientRole::Reader, ClientRole::Writer])
             .await
-            .expect("connect to the gateway");
-        ArchiveClient::new(channel)
+    }
+
+    /// A client with a certificate for `roles` in `tenant`.
+    pub async fn client_as(&self, tenant: &str, roles: &[ClientRole]) -> ArchiveClient<Channel> {
+        ArchiveClient::new(self.channel_as(tenant, roles).await)
             .max_decoding_message_size(8 * 1024 * 1024)
             .max_encoding_message_size(8 * 1024 * 1024)
+    }
+
+    /// A channel to the gateway with a certificate for `roles` in `tenant`.
+    pub async fn channel_as(&self, tenant: &str, roles: &[ClientRole]) -> Channel {
+        let addr = self.dev.gateway_addr().expect("gateway runs");
+        self.dev
+            .client_transport(tenant, roles)
+            .expect("client certificate")
+            .endpoint(&addr.to_string())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to the gateway")
+    }
+
+    /// The identity of the cluster's gateway, for calling voters and
+    /// storage nodes directly.
+    pub fn node_transport(&self) -> kura_auth::Transport {
+        self.dev.node_transport().expect("node transport")
+    }
+
+    /// A metadata client as the gateway.
+    pub fn meta(&self) -> kura_proto::meta_client::MetaClient {
+        kura_proto::meta_client::MetaClient::new(
+            self.dev.meta_endpoints().to_vec(),
+            self.node_transport(),
+        )
+    }
+
+    /// A client of storage node `addr` as the gateway.
+    pub fn shards(&self, addr: &str) -> kura_proto::shards_client::ShardsClient {
+        kura_proto::shards_client::ShardsClient::new(addr, &self.node_transport())
+            .expect("shards client")
     }
 
     /// Every shard (encoded length) held by running storage nodes.
@@ -65,22 +96,7 @@ impl Cluster {
     }
 }
 
-/// The messages of a Store call: header, then `bytes` in `chunk`-byte pieces.
-pub fn store_messages(tenant: &str, bytes: &[u8], chunk: usize) -> Vec<StoreRequest> {
-    let mut out = vec![StoreRequest {
-        msg: Some(store_request::Msg::Header(StoreHeader {
-            tenant: tenant.into(),
-            expected_blake3: None,
-            size: Some(bytes.len() as u64),
-        })),
-    }];
-    for c in bytes.chunks(chunk.max(1)) {
-        out.push(StoreRequest {
-            msg: Some(store_request::Msg::Chunk(Bytes::copy_from_slice(c))),
-        });
-    }
-    out
-}
+pub use kura_testkit::store_messages;
 
 pub async fn store(
     client: &mut ArchiveClient<Channel>,

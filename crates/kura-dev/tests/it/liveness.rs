@@ -47,7 +47,7 @@ async fn a_silent_node_goes_down_then_lost_and_a_returning_one_up() {
         cfg.meta_timeouts.node_lost_after = Duration::from_secs(6);
     })
     .await;
-    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    let meta = c.meta();
     let mut client = c.client().await;
     // Every node reports: nobody goes down while all run.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -8,3 +8,4 @@ mod harness;
 mod liveness;
 mod ops;
 mod repair;
+mod security;

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use kura_auth::ClientRole;
 use kura_erasure::{EcParams, encode_segment};
-use kura_proto::shards_client::{ShardId, ShardsClient};
+use kura_proto::shards_client::ShardId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
@@ -15,12 +16,8 @@ use kura_dicom::synthetic::{Synthetic, instance as synthetic, uid};
 use crate::harness::{Cluster, TENANT, eventually, retrieve, store};
 
 async fn channel(c: &Cluster) -> Channel {
-    let addr = c.dev.gateway_addr().expect("gateway");
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
+    c.channel_as(TENANT, &[ClientRole::Reader, ClientRole::Writer])
         .await
-        .expect("connect")
 }
 
 /// A plain HTTP/1.1 GET; answers (status code, body).
@@ -122,10 +119,13 @@ async fn health_reflection_compression_and_ops_port() {
         .into_iter()
         .enumerate()
     {
-        let mut client = kura_proto::v1::archive_client::ArchiveClient::new(ch.clone())
+        let tenant = format!("compressed-{i}");
+        let tenant_channel = c
+            .channel_as(&tenant, &[ClientRole::Reader, ClientRole::Writer])
+            .await;
+        let mut client = kura_proto::v1::archive_client::ArchiveClient::new(tenant_channel)
             .send_compressed(enc)
             .accept_compressed(enc);
-        let tenant = format!("compressed-{i}");
         store(&mut client, &tenant, &bytes)
             .await
             .expect("compressed store");
@@ -178,7 +178,7 @@ async fn orphan_shards_are_reclaimed_after_the_grace_period() {
     // A failed store's leftovers: shards of an object no manifest names.
     let orphan = encode_segment(EcParams::default(), [0xAB; 32], 0, &[7u8; 5000]).expect("encode");
     let node = c.dev.storage_node(4).expect("node 4");
-    let client4 = ShardsClient::new(&node.addr().to_string()).expect("client");
+    let client4 = c.shards(&node.addr().to_string());
     for shard in &orphan.shards[..3] {
         client4
             .put_shard(Bytes::from(shard.encode_to_vec()), false)

@@ -9,7 +9,7 @@ use kura_gateway::RepairConfig;
 use kura_placement::{Manifest, NodeState, Protection};
 use kura_proto::meta::{Consistency, Query, QueryResult};
 use kura_proto::meta_client::MetaClient;
-use kura_proto::shards_client::{ShardId, ShardsClient};
+use kura_proto::shards_client::ShardId;
 
 use crate::harness::{Cluster, TENANT, retrieve, store};
 
@@ -136,7 +136,7 @@ async fn a_lost_node_is_rebuilt_newest_first_and_repair_resumes_after_a_restart(
         });
     })
     .await;
-    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    let meta = c.meta();
     let stored = fill(&c, "71", 10, 200 * 1024).await;
     let victim = 2u64;
     let held = on_node(&meta, victim).await;
@@ -174,7 +174,7 @@ async fn a_lost_node_is_rebuilt_newest_first_and_repair_resumes_after_a_restart(
     c.dev.shutdown().await;
     c.dev = kura_dev::DevCluster::start(config).await.expect("restart");
     // The restarted node is a fresh, empty one: still lost in the map.
-    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    let meta = c.meta();
     until(
         "repair moves every shard off the lost node",
         Duration::from_secs(60),
@@ -235,7 +235,7 @@ async fn a_lost_node_is_rebuilt_newest_first_and_repair_resumes_after_a_restart(
 async fn damaged_shards_are_rewritten_on_their_node() {
     let dir = tempfile::tempdir().expect("dir");
     let c = Cluster::start_with(dir, fast).await;
-    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    let meta = c.meta();
     let stored = fill(&c, "72", 3, 300 * 1024).await;
     // The holder of data shard 0 of the first instance: every read uses it.
     let m = manifest(&meta, &stored[0].0).await;
@@ -272,7 +272,7 @@ async fn damaged_shards_are_rewritten_on_their_node() {
     // The read is correct and makes the node quarantine the shard.
     read_all(&c, &stored, "one shard corrupt").await;
     let addr = c.dev.storage_node(victim).expect("runs").addr().to_string();
-    let node = ShardsClient::new(&addr).expect("client");
+    let node = c.shards(&addr);
     // Reported, rebuilt on the same node, and served again.
     until(
         "the damaged shard is rewritten",
@@ -307,7 +307,7 @@ async fn writes_during_a_site_outage_regain_site_loss_tolerance() {
         cfg.meta_timeouts.node_lost_after = Duration::from_secs(600);
     })
     .await;
-    let meta = MetaClient::new(c.dev.meta_endpoints().to_vec());
+    let meta = c.meta();
     // Site 3 (nodes 7, 8, 9) goes dark.
     for id in [7u64, 8, 9] {
         c.dev.stop_storage_node(id).await.expect("stop");

@@ -83,6 +83,7 @@ impl TestCluster {
             advertise_addr: addr.clone(),
             timings: self.timings,
             timeouts: ServiceTimeouts::default(),
+            transport: kura_auth::Transport::Plaintext,
         };
         let node = MetaNode::start(config, listener).await.expect("start node");
         self.addrs.insert(id, addr);
@@ -99,6 +100,7 @@ impl TestCluster {
     pub fn client(&self) -> MetaClient {
         MetaClient::with_timeouts(
             self.addrs.values().cloned().collect(),
+            kura_auth::Transport::Plaintext,
             Duration::from_secs(5),
             Duration::from_secs(30),
         )

@@ -110,6 +110,7 @@ async fn launch(config: &StoreConfig) -> (StorageNode, ShardsClient) {
         .expect("start storage node");
     let client = ShardsClient::with_timeouts(
         &node.addr().to_string(),
+        &kura_auth::Transport::Plaintext,
         Duration::from_secs(5),
         Duration::from_secs(30),
     )

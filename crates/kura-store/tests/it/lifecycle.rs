@@ -99,7 +99,7 @@ async fn a_stopped_node_stops_serving() {
 async fn a_closing_service_answers_unavailable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(ShardStore::open(dir.path(), None).expect("open"));
-    let service = ShardsService::new(4, store, 0);
+    let service = ShardsService::new(4, store, 0, kura_auth::Transport::Plaintext);
     let status = service
         .node_status(tonic::Request::new(pb::NodeStatusRequest {}))
         .await

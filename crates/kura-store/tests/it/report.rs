@@ -30,10 +30,12 @@ async fn one_voter_cluster(dir: &std::path::Path) -> (MetaNode, MetaClient) {
             ..RaftTimings::default()
         },
         timeouts: ServiceTimeouts::default(),
+        transport: kura_auth::Transport::Plaintext,
     };
     let node = MetaNode::start(config, listener).await.expect("meta node");
     let client = MetaClient::with_timeouts(
         vec![addr.clone()],
+        kura_auth::Transport::Plaintext,
         Duration::from_secs(5),
         Duration::from_secs(30),
     );

@@ -2,7 +2,8 @@
 """An external client of Kura's public API, written against proto/ only.
 
 Generates Python stubs from proto/kura/v1/archive.proto with grpcio-tools
-into a temporary directory, then against a running gateway:
+into a temporary directory, then against a running gateway (over TLS with
+a client certificate when --ca/--cert/--key are given):
   - lists services through server reflection v1alpha (the only version
     Python's grpcio-reflection client speaks),
   - stores every `accept` corpus file (first of each SOP Instance UID) and
@@ -52,11 +53,35 @@ def main():
     ap.add_argument("--endpoint", required=True)
     ap.add_argument("--proto-root", required=True)
     ap.add_argument("--corpus", required=True)
+    ap.add_argument("--ca", help="the cluster's CA certificate (PEM)")
+    ap.add_argument("--cert", help="a client certificate (PEM) of tenant python-client")
+    ap.add_argument("--key", help="its private key (PEM)")
     args = ap.parse_args()
 
     out = tempfile.mkdtemp(prefix="kura-py-")
     pb2, grpc_pb2 = generate(args.proto_root, out)
-    channel = grpc.insecure_channel(args.endpoint)
+    if args.ca:
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(args.ca),
+            private_key=read(args.key),
+            certificate_chain=read(args.cert),
+        )
+        channel = grpc.secure_channel(args.endpoint, creds)
+        # A plaintext client on the TLS port gets nowhere.
+        plain = grpc.insecure_channel(args.endpoint)
+        try:
+            grpc_pb2_probe = importlib.import_module("kura.v1.archive_pb2_grpc")
+            grpc_pb2_probe.ArchiveStub(plain).Stat(
+                pb2.StatRequest(tenant=TENANT, sop_instance_uid="1.2.3"), timeout=5)
+            sys.exit("a plaintext call to the TLS gateway was answered")
+        except grpc.RpcError as e:
+            print(f"plaintext call refused as it must be: {e.code()}")
+        plain.close()
+    else:
+        channel = grpc.insecure_channel(args.endpoint)
     grpc.channel_ready_future(channel).result(timeout=30)
 
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

@@ -5,29 +5,20 @@
 //! scraped and parsed. And `kura drill site-down` against `kura dev`.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use kura_auth::{ClientRole, ClientRoles};
+use kura_testkit::Proc;
+use kura_testkit::certs::CertDir;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    kura_testkit::free_port().expect("free port")
 }
 
 fn kura(args: &[&str]) -> Output {
@@ -35,6 +26,7 @@ fn kura(args: &[&str]) -> Output {
         .args(args)
         .env_remove("KURA_TENANT")
         .env_remove("KURA_ENDPOINT")
+        .env_remove("KURA_CERTS")
         .output()
         .expect("run kura")
 }
@@ -81,8 +73,23 @@ fn write_config(dir: &Path) -> (PathBuf, String, String) {
             text.push_str(&format!("gateway = \"{gateway}\"\nops = \"{ops}\"\n"));
         }
     }
+    text.push_str("\n[tls]\ndir = \"certs\"\n");
     let path = dir.join("kura.toml");
     std::fs::write(&path, text).expect("write config");
+    let certs = CertDir::init(Path::new(env!("CARGO_BIN_EXE_kura")), &dir.join("certs"))
+        .expect("kura certs init");
+    for id in 1..=6 {
+        certs.node(&path, id).expect("kura certs node");
+    }
+    certs
+        .client(
+            "default",
+            ClientRoles::of(&[ClientRole::Reader, ClientRole::Writer]),
+        )
+        .expect("client certificate");
+    certs
+        .client("default", ClientRoles::of(&[ClientRole::Admin]))
+        .expect("admin certificate");
     (path, gateway, ops)
 }
 
@@ -107,6 +114,12 @@ fn held(status: &Value, node: u64) -> u64 {
 fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (config, gateway, ops) = write_config(tmp.path());
+    let certs = tmp
+        .path()
+        .join("certs")
+        .to_str()
+        .expect("utf-8")
+        .to_string();
     let config = config.to_str().expect("utf-8").to_string();
     let mut procs = Vec::new();
     for id in 1..=6 {
@@ -120,7 +133,7 @@ fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
                 .expect("start kura server"),
         ));
     }
-    let ep = ["--endpoint", gateway.as_str()];
+    let ep = ["--endpoint", gateway.as_str(), "--certs", certs.as_str()];
     let admin = |args: &[&str]| {
         let mut all = vec!["admin"];
         all.extend_from_slice(args);
@@ -151,6 +164,8 @@ fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
         "--json",
         "--endpoint",
         &gateway,
+        "--certs",
+        &certs,
     ]);
     assert_eq!(
         json_of(&o)["stored"],
@@ -202,15 +217,24 @@ fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
     let worst = Arc::new(AtomicU64::new(0));
     let samples = Arc::new(AtomicU64::new(0));
     let watcher = {
-        let (stop, worst, samples, gateway) = (
+        let (stop, worst, samples, gateway, certs) = (
             Arc::clone(&stop),
             Arc::clone(&worst),
             Arc::clone(&samples),
             gateway.clone(),
+            certs.clone(),
         );
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let o = kura(&["admin", "protection", "--json", "--endpoint", &gateway]);
+                let o = kura(&[
+                    "admin",
+                    "protection",
+                    "--json",
+                    "--endpoint",
+                    &gateway,
+                    "--certs",
+                    &certs,
+                ]);
                 if o.status.success() {
                     let p: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
                     let bad =
@@ -252,6 +276,8 @@ fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
         "--json",
         "--endpoint",
         &gateway,
+        "--certs",
+        &certs,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     let v = json_of(&o);
@@ -276,6 +302,8 @@ fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
         "--json",
         "--endpoint",
         &gateway,
+        "--certs",
+        &certs,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let info = json_of(&o);
@@ -292,6 +320,8 @@ fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
         "--json",
         "--endpoint",
         &gateway,
+        "--certs",
+        &certs,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let p = json_of(&o);
@@ -376,6 +406,7 @@ fn a_site_down_drill_against_kura_dev_reports_real_figures() {
     let _dev = Proc(child);
     let v: Value = serde_json::from_str(&line).expect("startup JSON");
     let gateway = v["gateway"].as_str().expect("gateway").to_string();
+    let certs = v["certs"].as_str().expect("certs").to_string();
     let out = tmp.path().join("report");
     let o = kura(&[
         "drill",
@@ -392,6 +423,8 @@ fn a_site_down_drill_against_kura_dev_reports_real_figures() {
         out.to_str().expect("utf-8"),
         "--endpoint",
         &gateway,
+        "--certs",
+        &certs,
     ]);
     let r = json_of(&o);
     assert!(

@@ -10,6 +10,7 @@ fn kura(args: &[&str]) -> Output {
         // The defaults must not come from the environment of the test run.
         .env_remove("KURA_ENDPOINT")
         .env_remove("KURA_TENANT")
+        .env_remove("KURA_CERTS")
         .output()
         .expect("run the kura binary")
 }

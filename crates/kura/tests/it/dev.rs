@@ -11,6 +11,8 @@ use kura_dicom::synthetic::{Synthetic, head, pixels, uid};
 struct Dev {
     child: Child,
     gateway: String,
+    /// Where it keeps its CA and client certificates.
+    certs: String,
     /// The child's stderr (its logs), shown if the test fails.
     log: PathBuf,
 }
@@ -38,9 +40,12 @@ impl Dev {
         let v: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("kura dev printed {line:?}: {e}"));
         let gateway = v["gateway"].as_str().expect("gateway address").to_string();
+        assert_eq!(v["tls"], true, "kura dev runs TLS by default: {v}");
+        let certs = v["certs"].as_str().expect("certs directory").to_string();
         Dev {
             child,
             gateway,
+            certs,
             log,
         }
     }
@@ -84,11 +89,14 @@ impl Drop for Dev {
     }
 }
 
-fn kura(args: &[&str], gateway: &str) -> Output {
+/// Runs a client command against `dev`, finding its credentials through
+/// `KURA_CERTS` as a user would after `kura dev`.
+fn kura(args: &[&str], dev: &Dev) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kura"))
         .args(args)
-        .args(["--endpoint", gateway])
+        .args(["--endpoint", &dev.gateway])
         .env_remove("KURA_TENANT")
+        .env("KURA_CERTS", &dev.certs)
         .output()
         .expect("run kura")
 }
@@ -151,10 +159,10 @@ fn kura_dev_serves_the_client_commands_in_bounded_memory_and_restarts() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
     let dev = Dev::start(&data);
-    let g = dev.gateway.clone();
+    let g = &dev;
 
     // The corpus, as a folder.
-    let o = kura(&["store", "--json"], &g);
+    let o = kura(&["store", "--json"], g);
     assert_eq!(
         o.status.code(),
         Some(2),
@@ -162,11 +170,11 @@ fn kura_dev_serves_the_client_commands_in_bounded_memory_and_restarts() {
     );
     let corpus = corpus_dir();
     let corpus = corpus.to_str().expect("utf-8 path");
-    let o = kura(&["store", corpus, "--json"], &g);
+    let o = kura(&["store", corpus, "--json"], g);
     let summary = json(&o);
     assert_eq!(summary["stored"], 11, "{summary}");
     assert_eq!(o.status.code(), Some(1), "refusals give exit 1");
-    let o = kura(&["store", corpus, "--json"], &g);
+    let o = kura(&["store", corpus, "--json"], g);
     assert_eq!(json(&o)["already_stored"], 11);
 
     // A 200 MB multi-frame instance, in and out.
@@ -178,7 +186,7 @@ fn kura_dev_serves_the_client_commands_in_bounded_memory_and_restarts() {
     let big = tmp.path().join("big.dcm");
     write_large(&big, &s, LARGE_PIXEL_BYTES);
     let before = dev.peak_rss();
-    let o = kura(&["store", big.to_str().expect("path"), "--json"], &g);
+    let o = kura(&["store", big.to_str().expect("path"), "--json"], g);
     assert_eq!(
         json(&o)["stored"],
         1,
@@ -187,7 +195,7 @@ fn kura_dev_serves_the_client_commands_in_bounded_memory_and_restarts() {
     );
     let after_store = dev.peak_rss();
     let out = tmp.path().join("big.out.dcm");
-    let o = kura(&["retrieve", &s.sop, "-o", out.to_str().expect("path")], &g);
+    let o = kura(&["retrieve", &s.sop, "-o", out.to_str().expect("path")], g);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         file_blake3(&out),
@@ -207,25 +215,54 @@ fn kura_dev_serves_the_client_commands_in_bounded_memory_and_restarts() {
         (peak - before) >> 20,
         PEAK_GROWTH_MAX >> 20
     );
-    let o = kura(&["stat", &s.sop, "--json"], &g);
+    let o = kura(&["stat", &s.sop, "--json"], g);
     let info = json(&o);
     assert_eq!(
         info["size"].as_u64(),
         Some(std::fs::metadata(&big).expect("meta").len())
     );
-    let o = kura(&["ls", "--study", &s.study, "--json"], &g);
+    let o = kura(&["ls", "--study", &s.study, "--json"], g);
     assert_eq!(json(&o).as_array().map(Vec::len), Some(1));
 
-    // The external client.
-    python_client(&g);
+    // Without credentials the same command is refused: TLS and
+    // authentication are on.
+    let o = Command::new(env!("CARGO_BIN_EXE_kura"))
+        .args([
+            "stat",
+            &s.sop,
+            "--endpoint",
+            &format!("http://{}", dev.gateway),
+        ])
+        .env_remove("KURA_CERTS")
+        .current_dir(tmp.path())
+        .output()
+        .expect("run kura");
+    assert_eq!(o.status.code(), Some(2), "plaintext to a TLS gateway fails");
+
+    // The external client, with a certificate made by `kura certs client`.
+    let o = Command::new(env!("CARGO_BIN_EXE_kura"))
+        .args([
+            "certs",
+            "client",
+            "--tenant",
+            "python-client",
+            "--role",
+            "reader+writer",
+            "--dir",
+            &dev.certs,
+        ])
+        .output()
+        .expect("kura certs client");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    python_client(&dev);
 
     // Ctrl-C stops it cleanly; the same directory brings it all back.
     let status = dev.interrupt();
     assert!(status.success(), "kura dev exits 0 on Ctrl-C: {status:?}");
     let dev = Dev::start(&data);
-    let o = kura(&["stat", &s.sop, "--json"], &dev.gateway);
+    let o = kura(&["stat", &s.sop, "--json"], &dev);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = kura(&["store", corpus, "--json"], &dev.gateway);
+    let o = kura(&["store", corpus, "--json"], &dev);
     assert_eq!(
         json(&o)["already_stored"],
         11,
@@ -239,7 +276,7 @@ fn kura_dev_serves_the_client_commands_in_bounded_memory_and_restarts() {
 /// (CI sets it to the venv `.ci/run` builds), else `python3` if it has
 /// them. Without one the check is skipped with a notice — except in CI
 /// (`CI` set), where that is a failure.
-fn python_client(gateway: &str) {
+fn python_client(dev: &Dev) {
     let python = std::env::var("KURA_PYTHON").unwrap_or_else(|_| "python3".into());
     let has_tools = Command::new(&python)
         .args(["-c", "import grpc_tools, grpc_reflection"])
@@ -261,8 +298,14 @@ fn python_client(gateway: &str) {
     .join("../..");
     let out = Command::new(&python)
         .arg(root.join("crates/kura/tests/external/archive_client.py"))
-        .args(["--endpoint", gateway, "--proto-root"])
+        .args(["--endpoint", &dev.gateway, "--proto-root"])
         .arg(root.join("proto"))
+        .arg("--ca")
+        .arg(Path::new(&dev.certs).join("ca.pem"))
+        .arg("--cert")
+        .arg(Path::new(&dev.certs).join("client-python-client-reader+writer.pem"))
+        .arg("--key")
+        .arg(Path::new(&dev.certs).join("client-python-client-reader+writer.key"))
         .arg("--corpus")
         .arg(corpus_dir())
         .output()

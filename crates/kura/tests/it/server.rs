@@ -1,34 +1,50 @@
 //! `kura server`: three separate processes, one per site, form a cluster
-//! from one kura.toml and serve the Archive API; a bad config is refused
-//! with its line.
+//! from one kura.toml with certificates made by `kura certs`, and serve the
+//! Archive API over TLS; a config without certificates and a bad config
+//! are refused with what to do.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use kura_testkit::Proc;
+use kura_testkit::certs::CertDir;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    kura_testkit::free_port().expect("free port")
+}
+
+fn kura_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kura"))
 }
 
 fn kura(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kura"))
+    Command::new(kura_bin())
         .args(args)
         .env_remove("KURA_TENANT")
+        .env_remove("KURA_CERTS")
         .output()
         .expect("run kura")
+}
+
+/// The cluster's certificates: a CA, nodes 1-3, and a client of tenant
+/// `default` that stores and reads; `[tls] dir` points at them.
+fn make_certs(config: &Path) -> CertDir {
+    let dir = config.parent().expect("config dir").join("certs");
+    let certs = CertDir::init(kura_bin(), &dir).expect("kura certs init");
+    for id in 1..=3 {
+        certs.node(config, id).expect("kura certs node");
+    }
+    certs
+        .client(
+            "default",
+            kura_auth::ClientRoles::of(&[
+                kura_auth::ClientRole::Reader,
+                kura_auth::ClientRole::Writer,
+            ]),
+        )
+        .expect("kura certs client");
+    certs
 }
 
 fn corpus_dir() -> PathBuf {
@@ -55,6 +71,7 @@ fn write_config(dir: &Path) -> (PathBuf, String) {
             text.push_str(&format!("gateway = \"{gateway}\"\n"));
         }
     }
+    text.push_str("\n[tls]\ndir = \"certs\"\n");
     let path = dir.join("kura.toml");
     std::fs::write(&path, text).expect("write config");
     (path, gateway)
@@ -64,6 +81,8 @@ fn write_config(dir: &Path) -> (PathBuf, String) {
 fn three_processes_form_a_cluster_and_serve() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (config, gateway) = write_config(tmp.path());
+    let certs = make_certs(&config);
+    let certs = certs.dir.to_str().expect("utf-8").to_string();
     let config = config.to_str().expect("utf-8").to_string();
     // Start them in reverse order: the bootstrapper (node 1) comes last.
     let mut procs = Vec::new();
@@ -83,7 +102,15 @@ fn three_processes_form_a_cluster_and_serve() {
     // The cluster forms within a deadline; until then stores are refused.
     let deadline = Instant::now() + Duration::from_secs(60);
     let summary = loop {
-        let o = kura(&["store", corpus, "--json", "--endpoint", &gateway]);
+        let o = kura(&[
+            "store",
+            corpus,
+            "--json",
+            "--endpoint",
+            &gateway,
+            "--certs",
+            &certs,
+        ]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
         // Early attempts may store some files before failing on others.
         let done = v["stored"].as_u64().unwrap_or(0) + v["already_stored"].as_u64().unwrap_or(0);
@@ -107,6 +134,8 @@ fn three_processes_form_a_cluster_and_serve() {
         out.to_str().expect("utf-8"),
         "--endpoint",
         &gateway,
+        "--certs",
+        &certs,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
@@ -122,8 +151,75 @@ fn three_processes_form_a_cluster_and_serve() {
         out.to_str().expect("utf-8"),
         "--endpoint",
         &gateway,
+        "--certs",
+        &certs,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_server_without_certificates_refuses_to_start_and_says_how_to_make_them() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (config, _) = write_config(tmp.path());
+    let text = std::fs::read_to_string(&config).expect("read");
+    // No [tls] at all.
+    std::fs::write(&config, text.replace("\n[tls]\ndir = \"certs\"\n", "")).expect("write");
+    let o = kura(&[
+        "server",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--node",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("kura certs init"), "{err}");
+    assert!(err.contains("kura certs node"), "{err}");
+    assert!(err.contains("insecure_plaintext"), "{err}");
+    // [tls] dir given, the files missing: the missing file is named.
+    std::fs::write(&config, &text).expect("write");
+    let o = kura(&[
+        "server",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--node",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("ca.pem"), "{err}");
+    // Another node's certificate is refused.
+    let certs = make_certs(&config);
+    std::fs::copy(certs.dir.join("node-2.pem"), certs.dir.join("node-1.pem")).expect("copy");
+    std::fs::copy(certs.dir.join("node-2.key"), certs.dir.join("node-1.key")).expect("copy");
+    let o = kura(&[
+        "server",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--node",
+        "1",
+        "--check",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not node 1's certificate"), "{err}");
+    // insecure_plaintext starts, with a warning.
+    std::fs::write(
+        &config,
+        text.replace("dir = \"certs\"", "insecure_plaintext = true"),
+    )
+    .expect("write");
+    let o = kura(&[
+        "server",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--node",
+        "1",
+        "--check",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("WARNING"), "{err}");
 }
 
 #[test]

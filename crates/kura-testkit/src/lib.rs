@@ -1,0 +1,63 @@
+//! Test support shared by Kura's integration tests, the chaos suite and the
+//! benchmarks. Never a dependency of a product crate.
+//!
+//! - [`Proc`]: a child process killed and reaped when dropped;
+//! - [`free_port`]: a port free on loopback now;
+//! - [`store_messages`]: the messages of one `Archive.Store` call;
+//! - [`certs`]: a cluster's certificates, made with `kura certs` as an
+//!   operator would.
+
+pub mod certs;
+
+use std::process::Child;
+
+use bytes::Bytes;
+use kura_proto::v1::{StoreHeader, StoreRequest, store_request};
+
+/// A child process that is killed and reaped when dropped, so a failing
+/// test leaves nothing running.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP port that is free on 127.0.0.1 right now.
+pub fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+}
+
+/// The messages of a Store call: the header (tenant, size), then `bytes` in
+/// `chunk`-byte pieces.
+pub fn store_messages(tenant: &str, bytes: &[u8], chunk: usize) -> Vec<StoreRequest> {
+    let mut out = vec![StoreRequest {
+        msg: Some(store_request::Msg::Header(StoreHeader {
+            tenant: tenant.into(),
+            expected_blake3: None,
+            size: Some(bytes.len() as u64),
+        })),
+    }];
+    for c in bytes.chunks(chunk.max(1)) {
+        out.push(StoreRequest {
+            msg: Some(store_request::Msg::Chunk(Bytes::copy_from_slice(c))),
+        });
+    }
+    out
+}
+
+/// Installs ring as rustls's provider (test processes that talk TLS
+/// themselves).
+pub fn install_crypto_provider() {
+    kura_auth::install_crypto_provider();
+}
