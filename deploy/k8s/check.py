@@ -267,19 +267,43 @@ def main():
     check_budgets(by_kind["PodDisruptionBudget"], workloads, node_by_id, k, m, per_site)
     check_network(by_kind["NetworkPolicy"], workloads)
 
+    # Every pod mounts the certificates where kura.toml's [tls] dir says.
+    tls_dir = (cfg.get("tls") or {}).get("dir")
+    if (cfg.get("tls") or {}).get("insecure_plaintext"):
+        problem(f"{where}: insecure_plaintext: a deployment runs TLS")
+    elif not tls_dir:
+        problem(f"{where}: no [tls] dir: the pods need their certificates")
+    else:
+        for w in workloads:
+            mounts = {vm["mountPath"]: vm["name"] for vm in (w.container or {}).get("volumeMounts", [])}
+            vols = {v["name"]: v for v in w.pod.get("volumes", [])}
+            vol = vols.get(mounts.get(tls_dir, ""), {})
+            if "secret" not in vol:
+                problem(f"{kn(w.obj)}: no Secret mounted at [tls] dir {tls_dir}")
+
     if args.kura and not PROBLEMS:
-        with tempfile.NamedTemporaryFile("w", suffix="-kura.toml", delete=False) as f:
-            f.write(toml_text)
-        try:
-            for nid in sorted(node_by_id):
-                r = subprocess.run(
-                    [args.kura, "server", "--config", f.name, "--node", str(nid), "--check"],
-                    capture_output=True, text=True, timeout=60,
-                )
+        # The operator's recipe, run for real: a CA, a certificate for
+        # every node from this kura.toml (its DNS names), then each node's
+        # `server --check` with them.
+        with tempfile.TemporaryDirectory() as tmp:
+            certs = os.path.join(tmp, "certs")
+            toml_path = os.path.join(tmp, "kura.toml")
+            with open(toml_path, "w") as f:
+                f.write(toml_text.replace(f'dir = "{tls_dir}"', f'dir = "{certs}"'))
+            steps = [[args.kura, "certs", "init", "--out", certs]]
+            steps += [
+                [args.kura, "certs", "node", "--config", toml_path, "--node", str(nid)]
+                for nid in sorted(node_by_id)
+            ]
+            steps += [
+                [args.kura, "server", "--config", toml_path, "--node", str(nid), "--check"]
+                for nid in sorted(node_by_id)
+            ]
+            for step in steps:
+                r = subprocess.run(step, capture_output=True, text=True, timeout=60)
                 if r.returncode != 0:
-                    problem(f"{args.kura} server --check --node {nid}: {(r.stderr or r.stdout).strip()}")
-        finally:
-            os.unlink(f.name)
+                    problem(f"{' '.join(step[1:])}: {(r.stderr or r.stdout).strip()}")
+                    break
 
     return len(objs), len(nodes), len(workloads)
 
