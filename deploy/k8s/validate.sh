@@ -15,7 +15,8 @@
 #      binary), since the image cannot be built here.
 #   5. Proves that it catches mistakes: broken copies of the manifests
 #      (a misspelt field, an address of no pod, a budget too large, ids off
-#      by one) must each be refused, for the expected reason.
+#      by one, certificates not mounted, TLS off) must each be refused,
+#      for the expected reason.
 #   6. ../grafana/check.py: the Grafana dashboard's layout and queries
 #      against Kura's metric list, and that list against crates/*/src;
 #      copies with a metric renamed (in the sources, in the dashboard)
@@ -116,6 +117,8 @@ self_tests=(
   "a storage budget too large|base/pdb.yaml|/name: kura-store/,/maxUnavailable/s/maxUnavailable: 1/maxUnavailable: 2/|is more than m=4 shards"
   "node ids off by one|overlays/three-zones/zone-c/kustomization.yaml|s/value: \"31\"/value: \"30\"/|runs node 30, which kura.toml does not have"
   "a NetworkPolicy on the wrong port|base/networkpolicy.yaml|s/port: 7800/port: 7801/|port store (7800) is open to nobody"
+  "the certificates not mounted|zone/gateway.yaml|s#mountPath: /etc/kura-tls#mountPath: /etc/kura-certs#|no Secret mounted at [tls] dir /etc/kura-tls"
+  "TLS switched off|overlays/three-zones/kura.toml|s#^dir = \"/etc/kura-tls\"#insecure_plaintext = true#|insecure_plaintext: a deployment runs TLS"
 )
 i=0
 for t in "${self_tests[@]}"; do
