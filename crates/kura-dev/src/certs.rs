@@ -76,15 +76,19 @@ pub fn issue_client(dir: &Path, tenant: &str, roles: ClientRoles) -> Result<(), 
     Ok(())
 }
 
-/// The transport of one dev process: the CA and its own certificate.
-pub fn transport(dir: &Path, role: NodeRole, id: u64) -> Result<Transport, AuthError> {
-    let stem = stem(role, id);
+/// The transport with the CA and the certificate `<stem>.pem` of `dir`.
+fn load(dir: &Path, stem: &str) -> Result<Transport, AuthError> {
     let cert = dir.join(format!("{stem}.pem"));
     let key = dir.join(format!("{stem}.key"));
     Ok(Transport::tls(TlsMaterial::load(
         &dir.join(CA_CERT),
         Some((&cert, &key)),
     )?))
+}
+
+/// The transport of one dev process: the CA and its own certificate.
+pub fn transport(dir: &Path, role: NodeRole, id: u64) -> Result<Transport, AuthError> {
+    load(dir, &stem(role, id))
 }
 
 /// A client's transport with the dev cluster's certificate for `roles` in
@@ -95,11 +99,5 @@ pub fn client_transport(
     roles: ClientRoles,
 ) -> Result<Transport, AuthError> {
     issue_client(dir, tenant, roles)?;
-    let stem = client_stem(tenant, roles, None);
-    let cert = dir.join(format!("{stem}.pem"));
-    let key = dir.join(format!("{stem}.key"));
-    Ok(Transport::tls(TlsMaterial::load(
-        &dir.join(CA_CERT),
-        Some((&cert, &key)),
-    )?))
+    load(dir, &client_stem(tenant, roles, None))
 }

@@ -18,7 +18,7 @@ use kura_proto::v1::admin_server::Admin;
 use kura_proto::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Caller, Touched, audit_record};
+use crate::auth::{Caller, Touched, admitted, audit_record};
 use crate::cluster::{manifest_pages, meta_error};
 use crate::error::GatewayError;
 use crate::repair::RepairStatus;
@@ -111,6 +111,21 @@ impl AdminService {
             )),
             other => Err(GatewayError::Internal(format!(
                 "unexpected answer to GetClusterMap: {other:?}"
+            ))),
+        }
+    }
+
+    /// Every token record, as the leader has them.
+    async fn tokens(&self) -> Result<Vec<kura_proto::meta::TokenRecord>, GatewayError> {
+        match self
+            .query(Query::ListTokens {
+                consistency: Consistency::Linearizable,
+            })
+            .await?
+        {
+            QueryResult::Tokens(t) => Ok(t),
+            other => Err(GatewayError::Internal(format!(
+                "unexpected answer to ListTokens: {other:?}"
             ))),
         }
     }
@@ -400,18 +415,6 @@ impl AdminService {
     }
 }
 
-/// The caller the [`crate::auth::AdminGuard`] admitted.
-fn caller_of<T>(request: &Request<T>) -> Caller {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(|| Caller {
-            principal: None,
-            peer: kura_auth::peer_addr(request),
-        })
-}
-
 impl AdminService {
     /// Records the call's metrics and audit entry; answers its result.
     async fn run<T>(
@@ -450,7 +453,7 @@ impl Admin for AdminService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let brief = request.into_inner().brief;
         self.run(&caller, "Status", started, self.status_with(brief).await)
             .await
@@ -461,7 +464,7 @@ impl Admin for AdminService {
         request: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let id = request.into_inner().id;
         let r = async {
             let (map, node) = self.node_of(id).await?;
@@ -503,7 +506,7 @@ impl Admin for AdminService {
         request: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let req = request.into_inner();
         let r = async {
             if req.id == 0 {
@@ -569,7 +572,7 @@ impl Admin for AdminService {
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let req = request.into_inner();
         let r = async {
             let (map, node) = self.node_of(req.id).await?;
@@ -618,7 +621,7 @@ impl Admin for AdminService {
         request: Request<pb::SetProfileRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let req = request.into_inner();
         let r = async {
             let (Ok(k), Ok(m)) = (
@@ -655,7 +658,7 @@ impl Admin for AdminService {
         request: Request<pb::RepairNowRequest>,
     ) -> Result<Response<pb::RepairStatus>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let r = match self.inner.repair.get() {
             Some(h) => {
                 h.wake();
@@ -673,7 +676,7 @@ impl Admin for AdminService {
         request: Request<pb::ScrubNowRequest>,
     ) -> Result<Response<pb::ScrubNowResponse>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let only = request.into_inner().node;
         let r = async {
             let (map, _) = self.map().await?;
@@ -713,7 +716,7 @@ impl Admin for AdminService {
         request: Request<pb::ProtectionRequest>,
     ) -> Result<Response<pb::ProtectionSummary>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         self.run(&caller, "Protection", started, self.protection().await)
             .await
     }
@@ -723,7 +726,7 @@ impl Admin for AdminService {
         request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let req = request.into_inner();
         let r = async {
             kura_proto::meta::validate_tenant(&req.tenant)
@@ -763,7 +766,7 @@ impl Admin for AdminService {
         request: Request<pb::DrillSiteRequest>,
     ) -> Result<Response<pb::DrillSiteResponse>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let req = request.into_inner();
         let r = async {
             let Some(hook) = self.inner.config.drill.clone() else {
@@ -810,7 +813,7 @@ impl Admin for AdminService {
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let req = request.into_inner();
         let r = async {
             let tenant = caller.tenant("tenant", &req.tenant)?;
@@ -845,21 +848,9 @@ impl Admin for AdminService {
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let r = async {
-            let tokens = match self
-                .query(Query::ListTokens {
-                    consistency: Consistency::Linearizable,
-                })
-                .await?
-            {
-                QueryResult::Tokens(t) => t,
-                other => {
-                    return Err(GatewayError::Internal(format!(
-                        "unexpected answer to ListTokens: {other:?}"
-                    )));
-                }
-            };
+            let tokens = self.tokens().await?;
             let own = caller.own_tenant();
             Ok(pb::ListTokensResponse {
                 tokens: tokens
@@ -878,22 +869,10 @@ impl Admin for AdminService {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::TokenInfo>, Status> {
         let started = Instant::now();
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let req = request.into_inner();
         let r = async {
-            let tokens = match self
-                .query(Query::ListTokens {
-                    consistency: Consistency::Linearizable,
-                })
-                .await?
-            {
-                QueryResult::Tokens(t) => t,
-                other => {
-                    return Err(GatewayError::Internal(format!(
-                        "unexpected answer to ListTokens: {other:?}"
-                    )));
-                }
-            };
+            let tokens = self.tokens().await?;
             let own = caller.own_tenant();
             // Another tenant's token is as unknown as one that never was.
             let Some(t) = tokens

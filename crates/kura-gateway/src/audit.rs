@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use kura_auth::ClientRole;
 use kura_proto::meta::{
     AUDIT_PAGE_MAX, AdminRequest, AdminResponse, AuditEntry, Consistency, Query, QueryResult,
 };
@@ -16,54 +15,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Caller, Touched, audit_record, authorize};
+use crate::auth::{Touched, admitted, audit_record};
 use crate::cluster::meta_error;
 use crate::error::GatewayError;
 use crate::server::Inner;
-use crate::tokens::TokenCache;
 
 /// The Audit API of one gateway.
 pub struct AuditService {
     pub(crate) inner: Arc<Inner>,
-}
-
-/// Admits auditors and admins; refusals are audited.
-#[derive(Clone)]
-pub struct AuditGuard {
-    pub enforce: bool,
-    pub tokens: Arc<TokenCache>,
-    pub audit: kura_proto::audit::AuditSink,
-}
-
-impl tonic::service::Interceptor for AuditGuard {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let (caller, verdict) = authorize(
-            &req,
-            self.enforce,
-            &self.tokens,
-            "Audit",
-            &[ClientRole::Auditor, ClientRole::Admin],
-        );
-        if let Err(e) = verdict {
-            let action = format!("Audit.{}", kura_auth::authz::rpc_method(&req));
-            self.audit
-                .record_later(audit_record(&caller, &action, Touched::default(), e.code()));
-            return Err(e.into_status());
-        }
-        req.extensions_mut().insert(caller);
-        Ok(req)
-    }
-}
-
-fn caller_of<T>(request: &Request<T>) -> Caller {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(|| Caller {
-            principal: None,
-            peer: kura_auth::peer_addr(request),
-        })
 }
 
 /// Whether `e` passes the query's filters.
@@ -106,7 +65,7 @@ impl Audit for AuditService {
         &self,
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let q = request.into_inner();
         let tenant = caller.own_tenant().map(str::to_string);
         if let Some(own) = &tenant
@@ -193,7 +152,7 @@ impl Audit for AuditService {
         &self,
         request: Request<pb::AuditVerifyRequest>,
     ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
-        let caller = caller_of(&request);
+        let caller = admitted(&request);
         let meta = self.inner.cluster.meta();
         let mut voters = Vec::new();
         for addr in meta.endpoints() {

@@ -216,26 +216,24 @@ pub fn audit_record(
     }
 }
 
-/// The Admin API takes admin identities only; a refusal is audited here
-/// (the call never reaches a handler).
+/// Admits one of `roles` to a whole service (Admin: admins; Audit:
+/// auditors and admins); a refusal is audited here, since the call never
+/// reaches a handler. The admitted [`Caller`] rides in the request.
 #[derive(Clone)]
-pub struct AdminGuard {
+pub struct RoleGuard {
+    pub service: &'static str,
+    pub roles: &'static [ClientRole],
     pub enforce: bool,
     pub tokens: std::sync::Arc<TokenCache>,
     pub audit: kura_proto::audit::AuditSink,
 }
 
-impl tonic::service::Interceptor for AdminGuard {
+impl tonic::service::Interceptor for RoleGuard {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
-        let (caller, verdict) = authorize(
-            &req,
-            self.enforce,
-            &self.tokens,
-            "Admin",
-            &[ClientRole::Admin],
-        );
+        let (caller, verdict) =
+            authorize(&req, self.enforce, &self.tokens, self.service, self.roles);
         if let Err(e) = verdict {
-            let action = format!("Admin.{}", kura_auth::authz::rpc_method(&req));
+            let action = format!("{}.{}", self.service, kura_auth::authz::rpc_method(&req));
             self.audit
                 .record_later(audit_record(&caller, &action, Touched::default(), e.code()));
             return Err(e.into_status());
@@ -243,4 +241,16 @@ impl tonic::service::Interceptor for AdminGuard {
         req.extensions_mut().insert(caller);
         Ok(req)
     }
+}
+
+/// The caller a [`RoleGuard`] admitted (anonymous on a plaintext gateway).
+pub fn admitted<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller {
+            principal: None,
+            peer: kura_auth::peer_addr(request),
+        })
 }

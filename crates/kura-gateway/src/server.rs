@@ -179,7 +179,9 @@ impl Gateway {
             kura_proto::v1::admin_server::AdminServer::new(AdminService {
                 inner: Arc::clone(&inner),
             }),
-            crate::auth::AdminGuard {
+            crate::auth::RoleGuard {
+                service: "Admin",
+                roles: &[kura_auth::ClientRole::Admin],
                 enforce,
                 tokens: Arc::clone(&tokens),
                 audit: audit.clone(),
@@ -189,7 +191,9 @@ impl Gateway {
             kura_proto::v1::audit_server::AuditServer::new(crate::audit::AuditService {
                 inner: Arc::clone(&inner),
             }),
-            crate::audit::AuditGuard {
+            crate::auth::RoleGuard {
+                service: "Audit",
+                roles: &[kura_auth::ClientRole::Auditor, kura_auth::ClientRole::Admin],
                 enforce,
                 tokens: Arc::clone(&tokens),
                 audit: audit.clone(),

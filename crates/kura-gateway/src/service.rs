@@ -107,6 +107,40 @@ fn code_of<T>(r: &Result<T, GatewayError>) -> tonic::Code {
 }
 
 impl ArchiveService {
+    /// Authorises a reader's call on one instance, finds its manifest in
+    /// the caller's tenant and records the call in the audit trail.
+    async fn read_manifest<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+        tenant: &str,
+        uid: &str,
+        span: &tracing::Span,
+    ) -> Result<Manifest, GatewayError> {
+        let (caller, verdict) = authorize(
+            request,
+            self.enforce,
+            &self.inner.tokens,
+            rpc,
+            &[ClientRole::Reader],
+        );
+        let r = async {
+            let tenant = resolve(&caller, verdict, tenant)?;
+            self.manifest(&tenant, uid).await
+        }
+        .instrument(span.clone())
+        .await;
+        let own = caller.own_tenant().unwrap_or(tenant).to_string();
+        self.audit(
+            &caller,
+            rpc,
+            touched_instance(&own, uid, r.as_ref().ok()),
+            code_of(&r),
+        )
+        .await;
+        r
+    }
+
     /// Records a finished call in the audit trail (waits for its commit).
     async fn audit(&self, caller: &Caller, action: &str, touched: Touched, code: tonic::Code) {
         let ok = self
@@ -230,29 +264,17 @@ impl Archive for ArchiveService {
         request: Request<RetrieveRequest>,
     ) -> Result<Response<Self::RetrieveStream>, Status> {
         let started = Instant::now();
-        let (caller, verdict) = authorize(
-            &request,
-            self.enforce,
-            &self.inner.tokens,
-            "Retrieve",
-            &[ClientRole::Reader],
-        );
-        let req = request.into_inner();
+        let req = request.get_ref();
         let span = tracing::info_span!("Retrieve", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
-        let r = async {
-            let tenant = resolve(&caller, verdict, &req.tenant)?;
-            self.manifest(&tenant, &req.sop_instance_uid).await
-        }
-        .instrument(span.clone())
-        .await;
-        let tenant = caller.own_tenant().unwrap_or(&req.tenant).to_string();
-        self.audit(
-            &caller,
-            "Retrieve",
-            touched_instance(&tenant, &req.sop_instance_uid, r.as_ref().ok()),
-            code_of(&r),
-        )
-        .await;
+        let r = self
+            .read_manifest(
+                &request,
+                "Retrieve",
+                &req.tenant,
+                &req.sop_instance_uid,
+                &span,
+            )
+            .await;
         {
             let _entered = span.enter();
             observe("Retrieve", started, &r);
@@ -267,30 +289,12 @@ impl Archive for ArchiveService {
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<InstanceInfo>, Status> {
         let started = Instant::now();
-        let (caller, verdict) = authorize(
-            &request,
-            self.enforce,
-            &self.inner.tokens,
-            "Stat",
-            &[ClientRole::Reader],
-        );
-        let req = request.into_inner();
+        let req = request.get_ref();
         let span = tracing::info_span!("Stat", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
-        let r = async {
-            let tenant = resolve(&caller, verdict, &req.tenant)?;
-            self.manifest(&tenant, &req.sop_instance_uid).await
-        }
-        .instrument(span.clone())
-        .await;
-        let tenant = caller.own_tenant().unwrap_or(&req.tenant).to_string();
-        self.audit(
-            &caller,
-            "Stat",
-            touched_instance(&tenant, &req.sop_instance_uid, r.as_ref().ok()),
-            code_of(&r),
-        )
-        .await;
-        let r = r.map(|m| instance_info(&m));
+        let r = self
+            .read_manifest(&request, "Stat", &req.tenant, &req.sop_instance_uid, &span)
+            .await
+            .map(|m| instance_info(&m));
         let _entered = span.enter();
         observe("Stat", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)

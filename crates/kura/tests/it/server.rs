@@ -27,6 +27,21 @@ fn kura(args: &[&str]) -> Output {
         .expect("run kura")
 }
 
+/// `kura server --config CONFIG --node ID [--check]`: its exit code and
+/// stderr.
+fn server(config: &Path, node: &str, check: bool) -> (Option<i32>, String) {
+    let config = config.to_str().expect("utf-8");
+    let mut args = vec!["server", "--config", config, "--node", node];
+    if check {
+        args.push("--check");
+    }
+    let o = kura(&args);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// The cluster's certificates: a CA, nodes 1-3, and a client of tenant
 /// `default` that stores and reads; `[tls] dir` points at them.
 fn make_certs(config: &Path) -> CertDir {
@@ -164,44 +179,22 @@ fn a_server_without_certificates_refuses_to_start_and_says_how_to_make_them() {
     let text = std::fs::read_to_string(&config).expect("read");
     // No [tls] at all.
     std::fs::write(&config, text.replace("\n[tls]\ndir = \"certs\"\n", "")).expect("write");
-    let o = kura(&[
-        "server",
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--node",
-        "1",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = server(&config, "1", false);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("kura certs init"), "{err}");
     assert!(err.contains("kura certs node"), "{err}");
     assert!(err.contains("insecure_plaintext"), "{err}");
     // [tls] dir given, the files missing: the missing file is named.
     std::fs::write(&config, &text).expect("write");
-    let o = kura(&[
-        "server",
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--node",
-        "1",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = server(&config, "1", false);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("ca.pem"), "{err}");
     // Another node's certificate is refused.
     let certs = make_certs(&config);
     std::fs::copy(certs.dir.join("node-2.pem"), certs.dir.join("node-1.pem")).expect("copy");
     std::fs::copy(certs.dir.join("node-2.key"), certs.dir.join("node-1.key")).expect("copy");
-    let o = kura(&[
-        "server",
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--node",
-        "1",
-        "--check",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = server(&config, "1", true);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("is not node 1's certificate"), "{err}");
     // insecure_plaintext starts, with a warning.
     std::fs::write(
@@ -209,16 +202,8 @@ fn a_server_without_certificates_refuses_to_start_and_says_how_to_make_them() {
         text.replace("dir = \"certs\"", "insecure_plaintext = true"),
     )
     .expect("write");
-    let o = kura(&[
-        "server",
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--node",
-        "1",
-        "--check",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (code, err) = server(&config, "1", true);
+    assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("WARNING"), "{err}");
 }
 
@@ -237,28 +222,13 @@ fn a_bad_config_is_refused_with_its_line() {
         .position(|l| l == "site = \"osaka\"")
         .expect("line")
         + 1;
-    let o = kura(&[
-        "server",
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--node",
-        "1",
-        "--check",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = server(&config, "1", true);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&format!("kura.toml:{line}:")), "{err}");
     assert!(err.contains("\"kyoto\" is not a [[site]]"), "{err}");
     // And a node the config does not have.
     let (config, _) = write_config(tmp.path());
-    let o = kura(&[
-        "server",
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--node",
-        "9",
-        "--check",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no [[node]] with id 9"));
+    let (code, err) = server(&config, "9", true);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no [[node]] with id 9"), "{err}");
 }
