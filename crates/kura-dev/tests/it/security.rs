@@ -130,9 +130,13 @@ async fn plaintext_and_foreign_callers_are_refused_on_every_port() {
             })
             .await
             .expect_err("plaintext answered");
-        assert_ne!(e.code(), Code::Ok, "{addr}");
+        // The connection fails (how depends on when the server drops it:
+        // unavailable, cancelled, unknown); it is never a server's answer.
         assert!(
-            matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+            matches!(
+                e.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+            ),
             "{addr}: {e:?}"
         );
     }
