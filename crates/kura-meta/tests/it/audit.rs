@@ -39,6 +39,22 @@ async fn verdict(client: &MetaClient, addr: &str) -> AuditVerdict {
     }
 }
 
+/// Opens a stopped voter's database; its last tasks may still be letting
+/// go of the lock for a moment after it was stopped.
+async fn open_stopped(dir: &std::path::Path) -> std::sync::Arc<rocksdb::DB> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match kura_meta::store::open_db(dir) {
+            Ok(db) => return db,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    }
+}
+
 /// Waits until the voter at `addr` has applied `entries` audit entries.
 async fn caught_up(client: &MetaClient, addr: &str, entries: u64) -> AuditVerdict {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -107,7 +123,7 @@ async fn the_chain_holds_on_every_voter_and_an_edited_entry_is_named() {
     c.kill(victim).await;
     let db_dir = c.dir(victim).join("db");
     {
-        let db = kura_meta::store::open_db(&db_dir).expect("open the voter's db");
+        let db = open_stopped(&db_dir).await;
         let cf = db.cf_handle("audit").expect("audit column family");
         let key = 17u64.to_be_bytes();
         let mut value = db.get_cf(cf, key).expect("read").expect("entry 17");
@@ -136,7 +152,7 @@ async fn the_chain_holds_on_every_voter_and_an_edited_entry_is_named() {
     // A deleted entry and a truncated end are named too.
     c.kill(victim).await;
     {
-        let db = kura_meta::store::open_db(&db_dir).expect("open");
+        let db = open_stopped(&db_dir).await;
         let cf = db.cf_handle("audit").expect("cf");
         // Put entry 17 back as it was (from a healthy voter's page).
         let good = kura_proto::codec::encode(&all[17]).expect("encode");
@@ -150,7 +166,7 @@ async fn the_chain_holds_on_every_voter_and_an_edited_entry_is_named() {
     assert_eq!(seq, 30, "{why}");
     c.kill(victim).await;
     {
-        let db = kura_meta::store::open_db(&db_dir).expect("open");
+        let db = open_stopped(&db_dir).await;
         let cf = db.cf_handle("audit").expect("cf");
         let good = kura_proto::codec::encode(&all[30]).expect("encode");
         db.put_cf(cf, 30u64.to_be_bytes(), &good).expect("restore");
