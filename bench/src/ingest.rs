@@ -476,7 +476,30 @@ struct KuraDev {
     /// TLS with a client certificate (tenant [`TENANT`], reader+writer)
     /// from the dev cluster's CA.
     transport: kura_auth::Transport,
+    /// Its ops (HTTP) address: /metrics.
+    ops: Option<String>,
     log: PathBuf,
+}
+
+/// The audit trail's batching as `kura dev` counted it: (records
+/// committed, Raft commits that carried them), from its /metrics.
+fn audit_batching(ops: &str) -> Option<(f64, f64)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(ops).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {ops}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    Some((
+        value("kura_audit_batch_records_sum"),
+        value("kura_audit_batch_records_count"),
+    ))
 }
 
 fn log_tail(log: &Path) -> String {
@@ -507,7 +530,7 @@ impl KuraDev {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         let read = reader.read_line(&mut line);
-        let parsed: Result<(String, kura_auth::Transport), String> = match read {
+        let parsed: Result<(String, kura_auth::Transport, Option<String>), String> = match read {
             Ok(0) => Err("kura dev exited before printing its addresses".into()),
             Err(e) => Err(format!("reading kura dev's output: {e}")),
             Ok(_) => serde_json::from_str::<serde_json::Value>(&line)
@@ -524,17 +547,18 @@ impl KuraDev {
                         )?,
                         None => kura_auth::Transport::Plaintext,
                     };
-                    Ok((gateway, transport))
+                    Ok((gateway, transport, v["ops"].as_str().map(str::to_owned)))
                 }),
         };
         match parsed {
-            Ok((gateway, transport)) => {
+            Ok((gateway, transport, ops)) => {
                 // Keep draining its stdout so it never writes into a closed pipe.
                 std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
                 Ok(KuraDev {
                     child,
                     gateway,
                     transport,
+                    ops,
                     log: log.to_owned(),
                 })
             }
@@ -1398,7 +1422,7 @@ async fn real_main() -> Result<(), String> {
     kura_warm_up(&client, &warm).await?;
     kura_warm_up(
         &plain_client,
-        &Set::new(SLICE, format!("{run}.p0"), slice_pool.clone()),
+        &Set::new(SLICE, format!("{run}.1000"), slice_pool.clone()),
     )
     .await?;
     if let Some(a) = &args.orthanc {
@@ -1454,7 +1478,11 @@ async fn real_main() -> Result<(), String> {
                 .await?
                 .with_cpu(cpu, Cpu::now(dev.pid()));
             eprintln!("  the same in plaintext (the TLS column's baseline) …");
-            let plain_set = Arc::new(Set::new(workload, format!("{run}.p{cell}"), pool.clone()));
+            let plain_set = Arc::new(Set::new(
+                workload,
+                format!("{run}.{}", 1000 + cell),
+                pool.clone(),
+            ));
             let cpu = Cpu::now(plain_dev.pid());
             let (plain_store_fig, _) =
                 kura_ingest_phase(&plain_client, &plain_set, streams, args.plan).await?;
@@ -1518,6 +1546,13 @@ async fn real_main() -> Result<(), String> {
             }
         }
     }
+    let batching = dev.ops.as_deref().and_then(audit_batching);
+    if let Some((records, commits)) = batching {
+        eprintln!(
+            "audit trail: {records:.0} records in {commits:.0} Raft commits ({:.1} records per commit)",
+            records / commits.max(1.0)
+        );
+    }
     eprintln!("stopping kura dev");
     dev.stop()?;
     plain_dev.stop()?;
@@ -1529,6 +1564,8 @@ async fn real_main() -> Result<(), String> {
                 Plan::Count(n) => serde_json::json!({"count": n}),
             },
             "orthanc_version": orthanc_version,
+            "audit_records": batching.map(|b| b.0),
+            "audit_commits": batching.map(|b| b.1),
             "total_seconds": round3(total),
             "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
         });
