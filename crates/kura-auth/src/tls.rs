@@ -40,11 +40,22 @@ impl TlsMaterial {
     /// From PEM text: the CA certificate, and a certificate with its key
     /// (a client that authenticates with a token has none).
     pub fn from_pem(ca_pem: String, own: Option<(String, String)>) -> Result<Self, AuthError> {
-        let ca = crate::peer::parse_pem(ca_pem.as_bytes(), "the CA certificate")?;
+        Self::parse(ca_pem, own, "the CA certificate", "the certificate")
+    }
+
+    /// Reads what Kura needs from the certificates once; `ca_name` and
+    /// `cert_name` name them in errors.
+    fn parse(
+        ca_pem: String,
+        own: Option<(String, String)>,
+        ca_name: &str,
+        cert_name: &str,
+    ) -> Result<Self, AuthError> {
+        let ca = crate::peer::parse_pem(ca_pem.as_bytes(), ca_name)?;
         let mut expires_at = ca.not_after;
         let mut principal = None;
         if let Some((cert, _)) = &own {
-            let c = crate::peer::parse_pem(cert.as_bytes(), "the certificate")?;
+            let c = crate::peer::parse_pem(cert.as_bytes(), cert_name)?;
             expires_at = expires_at.min(c.not_after);
             principal = c.principal;
         }
@@ -59,16 +70,22 @@ impl TlsMaterial {
     /// From files: the CA certificate, and a certificate with its key.
     pub fn load(ca: &Path, own: Option<(&Path, &Path)>) -> Result<Self, AuthError> {
         let ca_pem = read_text(ca)?;
-        crate::peer::parse_pem(ca_pem.as_bytes(), &ca.display().to_string())?;
-        let own = match own {
-            Some((c, k)) => {
-                let cert = read_text(c)?;
-                crate::peer::parse_pem(cert.as_bytes(), &c.display().to_string())?;
-                Some((cert, read_text(k)?))
-            }
-            None => None,
+        let (own, cert_name) = match own {
+            Some((c, k)) => (
+                Some((read_text(c)?, read_text(k)?)),
+                c.display().to_string(),
+            ),
+            None => (None, String::new()),
         };
-        Self::from_pem(ca_pem, own)
+        Self::parse(ca_pem, own, &ca.display().to_string(), &cert_name)
+    }
+
+    /// From a certificate directory as `kura certs` writes it: `ca.pem`
+    /// and `<stem>.pem` with `<stem>.key`.
+    pub fn from_dir(dir: &Path, stem: &str) -> Result<Self, AuthError> {
+        let cert = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}.key"));
+        Self::load(&dir.join(crate::certs::CA_CERT), Some((&cert, &key)))
     }
 
     /// The identity the own certificate proves.

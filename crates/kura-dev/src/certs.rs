@@ -78,12 +78,7 @@ pub fn issue_client(dir: &Path, tenant: &str, roles: ClientRoles) -> Result<(), 
 
 /// The transport with the CA and the certificate `<stem>.pem` of `dir`.
 fn load(dir: &Path, stem: &str) -> Result<Transport, AuthError> {
-    let cert = dir.join(format!("{stem}.pem"));
-    let key = dir.join(format!("{stem}.key"));
-    Ok(Transport::tls(TlsMaterial::load(
-        &dir.join(CA_CERT),
-        Some((&cert, &key)),
-    )?))
+    Ok(Transport::tls(TlsMaterial::from_dir(dir, stem)?))
 }
 
 /// The transport of one dev process: the CA and its own certificate.

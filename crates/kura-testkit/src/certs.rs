@@ -112,9 +112,7 @@ impl CertDir {
     }
 
     fn transport_of(&self, stem: &str) -> Result<Transport, String> {
-        let cert = self.dir.join(format!("{stem}.pem"));
-        let key = self.dir.join(format!("{stem}.key"));
-        TlsMaterial::load(&self.dir.join("ca.pem"), Some((&cert, &key)))
+        TlsMaterial::from_dir(&self.dir, stem)
             .map(Transport::tls)
             .map_err(|e| e.to_string())
     }

@@ -72,15 +72,10 @@ impl NodeTlsArgs {
     fn transport(&self, node: u64) -> anyhow::Result<Transport> {
         match (&self.certs, self.insecure) {
             (_, true) | (None, _) => Ok(Transport::Plaintext),
-            (Some(dir), false) => {
-                let stem = kura_auth::certs::node_stem(node);
-                let cert = dir.join(format!("{stem}.pem"));
-                let key = dir.join(format!("{stem}.key"));
-                Ok(Transport::tls(TlsMaterial::load(
-                    &dir.join(kura_auth::certs::CA_CERT),
-                    Some((&cert, &key)),
-                )?))
-            }
+            (Some(dir), false) => Ok(Transport::tls(TlsMaterial::from_dir(
+                dir,
+                &kura_auth::certs::node_stem(node),
+            )?)),
         }
     }
 }
