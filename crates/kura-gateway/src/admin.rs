@@ -18,7 +18,7 @@ use kura_proto::v1::admin_server::Admin;
 use kura_proto::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Caller, Touched, admitted, audit_record};
+use crate::auth::{Caller, Touched, admitted, code_of};
 use crate::cluster::{manifest_pages, meta_error};
 use crate::error::GatewayError;
 use crate::repair::RepairStatus;
@@ -425,23 +425,15 @@ impl AdminService {
         r: Result<T, GatewayError>,
     ) -> Result<Response<T>, Status> {
         observe(rpc, started, &r);
-        let code = match &r {
-            Ok(_) => tonic::Code::Ok,
-            Err(e) => e.code(),
-        };
-        let ok = self
-            .inner
-            .audit
-            .record(audit_record(
+        self.inner
+            .gate
+            .record(
                 caller,
                 &format!("Admin.{rpc}"),
                 Touched::default(),
-                code,
-            ))
+                code_of(&r),
+            )
             .await;
-        if !ok {
-            tracing::error!(rpc, "the audit entry of this admin call was not committed");
-        }
         r.map(Response::new).map_err(GatewayError::into_status)
     }
 }
@@ -833,7 +825,12 @@ impl Admin for AdminService {
             self.propose(Command::PutToken(record.clone())).await?;
             // This gateway knows the token at once; the others within
             // a refresh.
-            let _ = self.inner.tokens.refresh(self.inner.cluster.meta()).await;
+            let _ = self
+                .inner
+                .gate
+                .tokens
+                .refresh(self.inner.cluster.meta())
+                .await;
             Ok(pb::CreateTokenResponse {
                 secret,
                 token: Some(token_info(&record)),
@@ -890,7 +887,12 @@ impl Admin for AdminService {
                 revoked_unix_ms: kura_proto::audit::now_ms(),
             })
             .await?;
-            let _ = self.inner.tokens.refresh(self.inner.cluster.meta()).await;
+            let _ = self
+                .inner
+                .gate
+                .tokens
+                .refresh(self.inner.cluster.meta())
+                .await;
             let mut t = t;
             t.revoked_unix_ms = Some(t.revoked_unix_ms.unwrap_or_else(kura_proto::audit::now_ms));
             Ok(token_info(&t))

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Touched, admitted, audit_record};
+use crate::auth::{Touched, admitted};
 use crate::cluster::meta_error;
 use crate::error::GatewayError;
 use crate::server::Inner;
@@ -77,19 +77,14 @@ impl Audit for AuditService {
                 q.tenant
             ));
             self.inner
-                .audit
-                .record(audit_record(
-                    &caller,
-                    "Audit.Query",
-                    Touched::default(),
-                    e.code(),
-                ))
+                .gate
+                .record(&caller, "Audit.Query", Touched::default(), e.code())
                 .await;
             return Err(e.into_status());
         }
         self.inner
-            .audit
-            .record(audit_record(
+            .gate
+            .record(
                 &caller,
                 "Audit.Query",
                 Touched {
@@ -98,7 +93,7 @@ impl Audit for AuditService {
                     ..Touched::default()
                 },
                 tonic::Code::Ok,
-            ))
+            )
             .await;
         let (tx, rx) = mpsc::channel(256);
         let inner = Arc::clone(&self.inner);
@@ -197,13 +192,8 @@ impl Audit for AuditService {
             tonic::Code::DataLoss
         };
         self.inner
-            .audit
-            .record(audit_record(
-                &caller,
-                "Audit.Verify",
-                Touched::default(),
-                code,
-            ))
+            .gate
+            .record(&caller, "Audit.Verify", Touched::default(), code)
             .await;
         Ok(Response::new(pb::AuditVerifyResponse { ok, voters }))
     }

@@ -182,6 +182,47 @@ pub fn authorize<T>(
     (caller, verdict)
 }
 
+/// How one gateway authenticates and audits: shared by the Archive
+/// handlers and the Admin and Audit guards.
+#[derive(Clone)]
+pub struct Gate {
+    /// Check credentials (a TLS gateway); off, everyone is trusted.
+    pub enforce: bool,
+    pub tokens: std::sync::Arc<TokenCache>,
+    pub audit: kura_proto::audit::AuditSink,
+}
+
+impl Gate {
+    /// [`authorize`] with this gateway's settings.
+    pub fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        rpc: &'static str,
+        roles: &[ClientRole],
+    ) -> (Caller, Result<(), GatewayError>) {
+        authorize(req, self.enforce, &self.tokens, rpc, roles)
+    }
+
+    /// Records a finished call and waits for its commit.
+    pub async fn record(&self, caller: &Caller, action: &str, touched: Touched, code: tonic::Code) {
+        if !self
+            .audit
+            .record(audit_record(caller, action, touched, code))
+            .await
+        {
+            tracing::error!(action, "the audit entry of this call was not committed");
+        }
+    }
+}
+
+/// The gRPC code a call answered with.
+pub fn code_of<T>(r: &Result<T, GatewayError>) -> tonic::Code {
+    match r {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => e.code(),
+    }
+}
+
 /// What one call leaves in the audit trail.
 #[derive(Clone, Debug, Default)]
 pub struct Touched {
@@ -223,19 +264,20 @@ pub fn audit_record(
 pub struct RoleGuard {
     pub service: &'static str,
     pub roles: &'static [ClientRole],
-    pub enforce: bool,
-    pub tokens: std::sync::Arc<TokenCache>,
-    pub audit: kura_proto::audit::AuditSink,
+    pub gate: Gate,
 }
 
 impl tonic::service::Interceptor for RoleGuard {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
-        let (caller, verdict) =
-            authorize(&req, self.enforce, &self.tokens, self.service, self.roles);
+        let (caller, verdict) = self.gate.authorize(&req, self.service, self.roles);
         if let Err(e) = verdict {
             let action = format!("{}.{}", self.service, kura_auth::authz::rpc_method(&req));
-            self.audit
-                .record_later(audit_record(&caller, &action, Touched::default(), e.code()));
+            self.gate.audit.record_later(audit_record(
+                &caller,
+                &action,
+                Touched::default(),
+                e.code(),
+            ));
             return Err(e.into_status());
         }
         req.extensions_mut().insert(caller);

@@ -89,10 +89,8 @@ impl GatewayConfig {
 pub(crate) struct Inner {
     pub(crate) config: GatewayConfig,
     pub(crate) cluster: ClusterView,
-    /// Bearer tokens, refreshed from the cluster.
-    pub(crate) tokens: Arc<crate::tokens::TokenCache>,
-    /// The audit trail's batcher.
-    pub(crate) audit: kura_proto::audit::AuditSink,
+    /// Authentication (certificates, bearer tokens) and the audit trail.
+    pub(crate) gate: crate::auth::Gate,
     /// Set once the repair loop runs here.
     pub(crate) repair: std::sync::OnceLock<RepairHandle>,
 }
@@ -123,7 +121,6 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let ops_addr = ops_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let meta = MetaClient::new(config.meta_endpoints.clone(), config.transport.clone());
-        let enforce = config.transport.is_tls();
         let expiry = config
             .transport
             .material()
@@ -144,9 +141,13 @@ impl Gateway {
                     .unwrap_or_default()
             ),
         );
-        let inner = Arc::new(Inner {
+        let gate = crate::auth::Gate {
+            enforce: config.transport.is_tls(),
             tokens: Arc::clone(&tokens),
-            audit: audit.clone(),
+            audit,
+        };
+        let inner = Arc::new(Inner {
+            gate: gate.clone(),
             cluster: ClusterView::new(
                 meta,
                 config.transport.clone(),
@@ -167,7 +168,6 @@ impl Gateway {
         }
         let archive = ArchiveServer::new(ArchiveService {
             inner: Arc::clone(&inner),
-            enforce,
         })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -182,9 +182,7 @@ impl Gateway {
             crate::auth::RoleGuard {
                 service: "Admin",
                 roles: &[kura_auth::ClientRole::Admin],
-                enforce,
-                tokens: Arc::clone(&tokens),
-                audit: audit.clone(),
+                gate: gate.clone(),
             },
         );
         let audit_service = tonic::service::interceptor::InterceptedService::new(
@@ -194,9 +192,7 @@ impl Gateway {
             crate::auth::RoleGuard {
                 service: "Audit",
                 roles: &[kura_auth::ClientRole::Auditor, kura_auth::ClientRole::Admin],
-                enforce,
-                tokens: Arc::clone(&tokens),
-                audit: audit.clone(),
+                gate,
             },
         );
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -232,7 +228,10 @@ impl Gateway {
                 tracing::error!(error = %e, "gateway server ended with an error");
             }
         })];
-        let refresher = enforce.then(|| tokens.spawn_refresher(inner.cluster.meta().clone()));
+        let refresher = inner
+            .gate
+            .enforce
+            .then(|| tokens.spawn_refresher(inner.cluster.meta().clone()));
         let mut stop = vec![stop_tx];
         if let Some(ops) = ops_listener {
             let (tx, rx) = oneshot::channel::<()>();

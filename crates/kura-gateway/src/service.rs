@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::auth::{Caller, Touched, audit_record, authorize};
+use crate::auth::{Caller, Touched, code_of};
 use crate::cluster::meta_error;
 use crate::error::GatewayError;
 use crate::info::instance_info;
@@ -29,8 +29,6 @@ use kura_auth::ClientRole;
 #[derive(Clone)]
 pub struct ArchiveService {
     pub(crate) inner: Arc<Inner>,
-    /// Check callers' certificates (a TLS gateway).
-    pub(crate) enforce: bool,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -99,13 +97,6 @@ fn touched_instance(tenant: &str, uid: &str, m: Option<&Manifest>) -> Touched {
     }
 }
 
-fn code_of<T>(r: &Result<T, GatewayError>) -> tonic::Code {
-    match r {
-        Ok(_) => tonic::Code::Ok,
-        Err(e) => e.code(),
-    }
-}
-
 impl ArchiveService {
     /// Authorises a reader's call on one instance, finds its manifest in
     /// the caller's tenant and records the call in the audit trail.
@@ -117,13 +108,10 @@ impl ArchiveService {
         uid: &str,
         span: &tracing::Span,
     ) -> Result<Manifest, GatewayError> {
-        let (caller, verdict) = authorize(
-            request,
-            self.enforce,
-            &self.inner.tokens,
-            rpc,
-            &[ClientRole::Reader],
-        );
+        let (caller, verdict) = self
+            .inner
+            .gate
+            .authorize(request, rpc, &[ClientRole::Reader]);
         let r = async {
             let tenant = resolve(&caller, verdict, tenant)?;
             self.manifest(&tenant, uid).await
@@ -131,26 +119,16 @@ impl ArchiveService {
         .instrument(span.clone())
         .await;
         let own = caller.own_tenant().unwrap_or(tenant).to_string();
-        self.audit(
-            &caller,
-            rpc,
-            touched_instance(&own, uid, r.as_ref().ok()),
-            code_of(&r),
-        )
-        .await;
-        r
-    }
-
-    /// Records a finished call in the audit trail (waits for its commit).
-    async fn audit(&self, caller: &Caller, action: &str, touched: Touched, code: tonic::Code) {
-        let ok = self
-            .inner
-            .audit
-            .record(audit_record(caller, action, touched, code))
+        self.inner
+            .gate
+            .record(
+                &caller,
+                rpc,
+                touched_instance(&own, uid, r.as_ref().ok()),
+                code_of(&r),
+            )
             .await;
-        if !ok {
-            tracing::error!(action, "the audit entry of this call was not committed");
-        }
+        r
     }
 
     async fn manifest(&self, tenant: &str, uid: &str) -> Result<Manifest, GatewayError> {
@@ -223,13 +201,10 @@ impl Archive for ArchiveService {
             tenant = tracing::field::Empty,
             sop_instance_uid = tracing::field::Empty
         );
-        let (caller, verdict) = authorize(
-            &request,
-            self.enforce,
-            &self.inner.tokens,
-            "Store",
-            &[ClientRole::Writer],
-        );
+        let (caller, verdict) = self
+            .inner
+            .gate
+            .authorize(&request, "Store", &[ClientRole::Writer]);
         let r = match verdict {
             Ok(()) => {
                 crate::ingest::store(
@@ -251,7 +226,10 @@ impl Archive for ArchiveService {
             },
             None => Touched::default(),
         };
-        self.audit(&caller, "Store", touched, code_of(&r)).await;
+        self.inner
+            .gate
+            .record(&caller, "Store", touched, code_of(&r))
+            .await;
         let _entered = span.enter();
         observe("Store", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)
@@ -307,13 +285,10 @@ impl Archive for ArchiveService {
         request: Request<ListStudyRequest>,
     ) -> Result<Response<Self::ListStudyStream>, Status> {
         let started = Instant::now();
-        let (caller, verdict) = authorize(
-            &request,
-            self.enforce,
-            &self.inner.tokens,
-            "ListStudy",
-            &[ClientRole::Reader],
-        );
+        let (caller, verdict) =
+            self.inner
+                .gate
+                .authorize(&request, "ListStudy", &[ClientRole::Reader]);
         let mut req = request.into_inner();
         let first = async {
             req.tenant = resolve(&caller, verdict, &req.tenant)?;
@@ -341,23 +316,25 @@ impl Archive for ArchiveService {
             Ok((page, next))
         }
         .await;
-        self.audit(
-            &caller,
-            "ListStudy",
-            Touched {
-                tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
-                study_instance_uid: req.study_instance_uid.clone(),
-                patient_id: first
-                    .as_ref()
-                    .ok()
-                    .and_then(|(page, _)| page.first())
-                    .map(|m| m.patient_id.clone())
-                    .unwrap_or_default(),
-                ..Touched::default()
-            },
-            code_of(&first),
-        )
-        .await;
+        self.inner
+            .gate
+            .record(
+                &caller,
+                "ListStudy",
+                Touched {
+                    tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
+                    study_instance_uid: req.study_instance_uid.clone(),
+                    patient_id: first
+                        .as_ref()
+                        .ok()
+                        .and_then(|(page, _)| page.first())
+                        .map(|m| m.patient_id.clone())
+                        .unwrap_or_default(),
+                    ..Touched::default()
+                },
+                code_of(&first),
+            )
+            .await;
         observe("ListStudy", started, &first);
         let (page, mut next) = first.map_err(GatewayError::into_status)?;
         let (tx, rx) = mpsc::channel(64);
@@ -393,13 +370,10 @@ impl Archive for ArchiveService {
         request: Request<StudyProtectionRequest>,
     ) -> Result<Response<StudyProtectionResponse>, Status> {
         let started = Instant::now();
-        let (caller, verdict) = authorize(
-            &request,
-            self.enforce,
-            &self.inner.tokens,
-            "StudyProtection",
-            &[ClientRole::Reader],
-        );
+        let (caller, verdict) =
+            self.inner
+                .gate
+                .authorize(&request, "StudyProtection", &[ClientRole::Reader]);
         let mut req = request.into_inner();
         let span = tracing::info_span!("StudyProtection", tenant = %req.tenant, study = %req.study_instance_uid);
         let r = async {
@@ -453,17 +427,19 @@ impl Archive for ArchiveService {
         }
         .instrument(span)
         .await;
-        self.audit(
-            &caller,
-            "StudyProtection",
-            Touched {
-                tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
-                study_instance_uid: req.study_instance_uid.clone(),
-                ..Touched::default()
-            },
-            code_of(&r),
-        )
-        .await;
+        self.inner
+            .gate
+            .record(
+                &caller,
+                "StudyProtection",
+                Touched {
+                    tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
+                    study_instance_uid: req.study_instance_uid.clone(),
+                    ..Touched::default()
+                },
+                code_of(&r),
+            )
+            .await;
         observe("StudyProtection", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)
     }
