@@ -64,8 +64,10 @@ fn judge(
 }
 
 /// Publishes this voter's Raft and cluster gauges (labelled by voter id:
-/// several voters may share a process in `kura dev`).
-fn publish_metrics(id: u64, server: &MetaServer) {
+/// several voters may share a process in `kura dev`). `was_leading`: this
+/// voter published the cluster gauges last time; on losing the lead it
+/// zeroes them, so a scrape of a former leader shows no stale counts.
+fn publish_metrics(id: u64, server: &MetaServer, was_leading: &mut bool) {
     let m = server.raft().metrics().borrow().clone();
     let voter = id.to_string();
     let last_log = m.last_log_index.unwrap_or(0);
@@ -80,27 +82,41 @@ fn publish_metrics(id: u64, server: &MetaServer) {
     metrics::gauge!("kura_meta_raft_apply_lag", "voter" => voter.clone())
         .set(last_log.saturating_sub(applied) as f64);
     if m.current_leader != Some(id) {
+        if std::mem::take(was_leading) {
+            cluster_gauges(server, false);
+        }
         return;
     }
-    // Cluster-wide gauges from the leader only, so a sum over voters is
-    // not three times the truth.
+    *was_leading = true;
+    cluster_gauges(server, true);
+}
+
+/// The cluster-wide gauges, from the leader only so that a sum over voters
+/// is not three times the truth; `live` false zeroes them (a voter that
+/// lost the lead; in `kura dev` the new leader, sharing the process, sets
+/// them again on its next tick).
+fn cluster_gauges(server: &MetaServer, live: bool) {
+    let value = |x: f64| if live { x } else { 0.0 };
     if let Ok(c) = server.reader().counts() {
-        metrics::gauge!("kura_cluster_instances").set(c.total as f64);
-        metrics::gauge!("kura_cluster_under_protected_instances").set(c.under_protected as f64);
+        metrics::gauge!("kura_cluster_instances").set(value(c.total as f64));
+        metrics::gauge!("kura_cluster_under_protected_instances")
+            .set(value(c.under_protected as f64));
     }
     if let Ok((Some(map), _)) = server.reader().cluster() {
         for state in kura_placement::NodeState::ALL {
             let n = map.nodes.values().filter(|n| n.state == state).count();
-            metrics::gauge!("kura_cluster_nodes", "state" => state.as_str()).set(n as f64);
+            metrics::gauge!("kura_cluster_nodes", "state" => state.as_str()).set(value(n as f64));
         }
         for n in map.nodes.values() {
             let node = n.id.to_string();
             metrics::gauge!("kura_cluster_node_capacity_bytes", "node" => node.clone(), "site" => n.site.clone())
-                .set(n.capacity_bytes as f64);
+                .set(value(n.capacity_bytes as f64));
             metrics::gauge!("kura_cluster_node_used_bytes", "node" => node.clone(), "site" => n.site.clone())
-                .set(n.used_bytes as f64);
+                .set(value(n.used_bytes as f64));
             metrics::gauge!("kura_cluster_node_up", "node" => node, "site" => n.site.clone()).set(
-                f64::from(u8::from(n.state == kura_placement::NodeState::Up)),
+                value(f64::from(u8::from(
+                    n.state == kura_placement::NodeState::Up,
+                ))),
             );
         }
     }
@@ -120,13 +136,14 @@ pub(crate) fn spawn(
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leading_since: Option<Instant> = None;
+        let mut was_leading = false;
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = ticker.tick() => {}
             }
             let leader = server.raft().metrics().borrow().current_leader;
-            publish_metrics(id, &server);
+            publish_metrics(id, &server, &mut was_leading);
             if leader != Some(id) {
                 leading_since = None;
                 continue;

@@ -284,7 +284,7 @@ impl ShardStore {
     /// is quarantined and reported as [`StoreError::Corrupt`]; its bytes are
     /// never returned.
     pub fn get(&self, id: &ShardId) -> Result<VerifiedShard, StoreError> {
-        let (entry, file) = {
+        let (entry, opened) = {
             let _guard = self
                 .stripe(id)
                 .read()
@@ -298,17 +298,22 @@ impl ShardStore {
             }
             let path = self.file_path(id, &entry);
             match File::open(&path) {
-                Ok(file) => (entry, Some(file)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => (entry, None),
+                Ok(file) => (entry, Ok(file)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => (
+                    entry,
+                    Err(format!("its file {} is missing", path.display())),
+                ),
+                // A medium error is damage to this shard, not a fault of
+                // the request: quarantined below, like a bad checksum.
+                Err(e) if is_media_error(&e) => {
+                    (entry, Err(format!("opening its file failed: {e}")))
+                }
                 Err(e) => return Err(StoreError::io(format!("open {}", path.display()), e)),
             }
         };
-        let verdict = match file {
-            Some(file) => self.verify_file(id, &entry, file)?,
-            None => Err(format!(
-                "its file {} is missing",
-                self.file_path(id, &entry).display()
-            )),
+        let verdict = match opened {
+            Ok(file) => self.verify_file(id, &entry, file)?,
+            Err(what) => Err(what),
         };
         match verdict {
             Ok(bytes) => Ok(VerifiedShard {
@@ -565,9 +570,14 @@ impl ShardStore {
         }
         // entry.length <= SHARD_BYTES_MAX, which fits usize.
         let mut bytes = Vec::with_capacity(entry.length as usize);
-        file.take(entry.length + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| StoreError::io(format!("read {}", path()), e))?;
+        if let Err(e) = file.take(entry.length + 1).read_to_end(&mut bytes) {
+            // A medium error is damage to this shard (quarantine, repair),
+            // not a fault of the request.
+            if is_media_error(&e) {
+                return Ok(Err(format!("reading its file failed: {e}")));
+            }
+            return Err(StoreError::io(format!("read {}", path()), e));
+        }
         if bytes.len() as u64 != entry.length {
             return Ok(Err(format!(
                 "read {} bytes from its file, the index recorded {}",
@@ -857,4 +867,10 @@ fn disk_free_bytes(path: &Path) -> Result<u64, StoreError> {
     let s = rustix::fs::statvfs(path)
         .map_err(|e| StoreError::io(format!("statvfs {}", path.display()), e.into()))?;
     Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// An I/O error that says the medium failed (EIO, EUCLEAN from a checksumming
+/// filesystem, EBADMSG): the shard's bytes are damaged, not the request.
+fn is_media_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc_eio) if [5, 74, 117].contains(&libc_eio))
 }
