@@ -37,6 +37,7 @@ use kura_gateway::{Gateway, GatewayConfig};
 use kura_meta::service::ServiceTimeouts;
 use kura_meta::{MetaConfig, MetaNode, RaftTimings};
 use kura_placement::{ClusterMap, NodeInfo, NodeState, Site};
+use kura_proto::local::LocalShards;
 use kura_proto::meta::{
     AdminRequest, AdminResponse, Applied, Command, Consistency, Query, QueryResult, Rejected, Voter,
 };
@@ -166,6 +167,8 @@ pub struct DevCluster {
     gateway: Option<Gateway>,
     meta_endpoints: Vec<String>,
     drills: tokio::sync::mpsc::Receiver<DrillRequest>,
+    /// The storage nodes the gateway reads in process.
+    local_shards: LocalShards,
 }
 
 /// A drill's request to take a site out or bring it back, sent by the
@@ -351,9 +354,10 @@ impl DevCluster {
         }
 
         // Storage nodes.
+        let local_shards = LocalShards::default();
         let mut storage = Vec::new();
         for (s, listener) in layout.storage.iter().zip(storage_listeners) {
-            let sc = store_config(&config, s.id, &meta_endpoints)?;
+            let sc = store_config(&config, s.id, &meta_endpoints, &local_shards)?;
             let node = StorageNode::start(sc, listener)
                 .await
                 .map_err(|e| start_err(format!("storage node {}", s.id), e))?;
@@ -366,6 +370,7 @@ impl DevCluster {
         // Orphan reclaim must never race a live store.
         gc.store_deadline = gc.store_deadline.min(config.orphan_grace / 2);
         gc.repair = config.repair.clone();
+        gc.local_shards = local_shards.clone();
         let (drill_tx, drills) = tokio::sync::mpsc::channel(4);
         gc.drill = Some(std::sync::Arc::new(DevDrill { tx: drill_tx }));
         let gateway = Gateway::start(gc, gateway_listener, ops_listener)
@@ -379,6 +384,7 @@ impl DevCluster {
             gateway: Some(gateway),
             meta_endpoints,
             drills,
+            local_shards,
         })
     }
 
@@ -501,6 +507,23 @@ impl DevCluster {
         Ok(())
     }
 
+    /// Stops metadata voter `id` for real (its server, Raft and database),
+    /// as when its machine dies. Not restartable: for tests of what keeps
+    /// working without it (or without a quorum).
+    pub async fn stop_voter(&mut self, id: u64) -> Result<(), DevError> {
+        let slot = self
+            .voters
+            .iter_mut()
+            .find(|v| v.as_ref().is_some_and(|n| n.id() == id))
+            .ok_or_else(|| DevError::Config(format!("no running voter {id}")))?;
+        if let Some(node) = slot.take() {
+            node.shutdown()
+                .await
+                .map_err(|e| start_err(format!("stopping voter {id}"), e))?;
+        }
+        Ok(())
+    }
+
     /// Starts storage node `id` again on its port and directory.
     pub async fn start_storage_node(&mut self, id: u64) -> Result<(), DevError> {
         let i = self
@@ -511,7 +534,7 @@ impl DevCluster {
         }
         let port = self.layout.storage[i].port;
         let listener = bind(self.config.host, port, true).await?;
-        let sc = store_config(&self.config, id, &self.meta_endpoints)?;
+        let sc = store_config(&self.config, id, &self.meta_endpoints, &self.local_shards)?;
         let node = StorageNode::start(sc, listener)
             .await
             .map_err(|e| start_err(format!("storage node {id}"), e))?;
@@ -580,6 +603,7 @@ fn store_config(
     config: &DevConfig,
     id: u64,
     meta_endpoints: &[String],
+    local_shards: &LocalShards,
 ) -> Result<StoreConfig, DevError> {
     let mut sc = StoreConfig::new(id, storage_dir(config, id));
     sc.capacity_bytes = config.node_capacity_bytes;
@@ -588,6 +612,7 @@ fn store_config(
     sc.gc_interval = config.gc_interval;
     sc.report_interval = config.report_interval;
     sc.transport = config.transport(NodeRole::Store, id)?;
+    sc.local = Some(local_shards.clone());
     Ok(sc)
 }
 

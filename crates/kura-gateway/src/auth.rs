@@ -213,6 +213,30 @@ impl Gate {
             tracing::error!(action, "the audit entry of this call was not committed");
         }
     }
+
+    /// As [`Gate::record`], waiting at most `wait` for the commit (reads,
+    /// which must not wait for an election): an entry not committed by
+    /// then stays queued and is committed once a leader is back.
+    pub async fn record_read(
+        &self,
+        caller: &Caller,
+        action: &str,
+        touched: Touched,
+        code: tonic::Code,
+        wait: std::time::Duration,
+    ) {
+        if !self
+            .audit
+            .record_within(audit_record(caller, action, touched, code), wait)
+            .await
+        {
+            metrics::counter!("kura_audit_deferred_total").increment(1);
+            tracing::debug!(
+                action,
+                "audit entry not committed yet; answering, it stays queued"
+            );
+        }
+    }
 }
 
 /// The gRPC code a call answered with.

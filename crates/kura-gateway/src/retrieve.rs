@@ -17,6 +17,7 @@ use futures::StreamExt;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use kura_erasure::{ErasureError, SegmentCodec, SegmentExpectation};
 use kura_placement::{Manifest, read_plan};
+use kura_proto::meta::{Consistency, Query, QueryResult};
 use kura_proto::shards_client::ShardId;
 use kura_proto::v1::{RetrieveResponse, retrieve_response};
 use tokio::sync::mpsc;
@@ -54,6 +55,31 @@ async fn send(tx: &Sink, msg: Result<RetrieveResponse, Status>) -> Result<(), Go
     tx.send(msg).await.map_err(|_| Gone)
 }
 
+/// The manifest as the leader has it (a linearizable read): `None` when
+/// the instance does not exist in `tenant`.
+pub(crate) async fn leader_manifest(
+    gw: &Inner,
+    tenant: &str,
+    uid: &str,
+) -> Result<Option<Manifest>, GatewayError> {
+    let answer = gw
+        .cluster
+        .meta()
+        .query(&Query::GetManifest {
+            tenant: tenant.to_string(),
+            sop_instance_uid: uid.to_string(),
+            consistency: Consistency::Linearizable,
+        })
+        .await
+        .map_err(crate::cluster::meta_error)?;
+    match answer {
+        QueryResult::Manifest(m) => Ok(m.map(|m| *m)),
+        other => Err(GatewayError::Internal(format!(
+            "unexpected answer to GetManifest: {other:?}"
+        ))),
+    }
+}
+
 async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> Result<(), Gone> {
     send(
         tx,
@@ -66,6 +92,11 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
         Ok(s) => s,
         Err(e) => return send(tx, Err(e.into_status())).await,
     };
+    // The manifest may come from a voter's stale state; when a segment
+    // cannot be read with it, the leader's copy is read once and, if the
+    // shards moved since, the read goes on with that one.
+    let mut manifest = Arc::clone(manifest);
+    let mut refreshed = false;
     let mut ahead = FuturesOrdered::new();
     let mut next_segment = 0usize;
     let mut hasher = blake3::Hasher::new();
@@ -75,10 +106,10 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
         while ahead.len() < READS_AHEAD && next_segment < manifest.segments.len() {
             let gw = Arc::clone(gw);
             let state = Arc::clone(&state);
-            let manifest = Arc::clone(manifest);
+            let manifest = Arc::clone(&manifest);
             let index = next_segment;
             ahead.push_back(tokio::spawn(async move {
-                read_segment(&gw, &state, &manifest, index).await
+                (index, read_segment(&gw, &state, &manifest, index).await)
             }));
             next_segment += 1;
         }
@@ -86,8 +117,33 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
             break;
         };
         let data = match result {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => return send(tx, Err(e.into_status())).await,
+            Ok((_, Ok(d))) => d,
+            Ok((index, Err(e))) => {
+                if !refreshed
+                    && matches!(e, GatewayError::Unavailable(_) | GatewayError::DataLoss(_))
+                {
+                    refreshed = true;
+                    match leader_manifest(gw, &manifest.tenant, &manifest.sop_instance_uid).await {
+                        Ok(Some(fresh)) if fresh.segments != manifest.segments => {
+                            tracing::debug!(
+                                sop_instance_uid = %manifest.sop_instance_uid,
+                                segment = index,
+                                "shards moved since the manifest was read; reading the leader's"
+                            );
+                            metrics::counter!("kura_gateway_manifest_refreshes_total").increment(1);
+                            manifest = Arc::new(fresh);
+                            ahead = FuturesOrdered::new();
+                            next_segment = index;
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(refresh) => {
+                            tracing::debug!(error = %refresh, "leader's manifest not read")
+                        }
+                    }
+                }
+                return send(tx, Err(e.into_status())).await;
+            }
             Err(e) => {
                 let e = GatewayError::Internal(format!("segment read task failed: {e}"));
                 return send(tx, Err(e.into_status())).await;
@@ -345,18 +401,35 @@ async fn fetch(
     node: u64,
     id: &ShardId,
 ) -> Result<Bytes, String> {
-    let info = state
-        .map
-        .node(node)
-        .ok_or_else(|| format!("node {node} is not in the cluster map"))?;
-    let client = gw.cluster.client(info).map_err(|e| e.to_string())?;
-    match client.get_shard(id, None).await {
-        Ok((_, bytes)) => {
+    let read = match gw.config.local_shards.get(node) {
+        // A storage node of this process: read in place, no socket.
+        Some(local) => {
+            let id = *id;
+            tokio::task::spawn_blocking(move || local.read_shard(&id))
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("shard read task failed: {e}"))))
+                .map_err(|status| (status.code(), status.to_string()))
+        }
+        None => {
+            let info = state
+                .map
+                .node(node)
+                .ok_or_else(|| format!("node {node} is not in the cluster map"))?;
+            let client = gw.cluster.client(info).map_err(|e| e.to_string())?;
+            client
+                .get_shard(id, None)
+                .await
+                .map(|(_, bytes)| bytes)
+                .map_err(|e| (e.code().unwrap_or(tonic::Code::Unknown), e.to_string()))
+        }
+    };
+    match read {
+        Ok(bytes) => {
             metrics::counter!("kura_gateway_shard_reads_total", "outcome" => "ok").increment(1);
             Ok(bytes)
         }
-        Err(e) => {
-            let corrupt = e.code() == Some(tonic::Code::DataLoss);
+        Err((code, e)) => {
+            let corrupt = code == tonic::Code::DataLoss;
             let outcome = if corrupt { "corrupt" } else { "failed" };
             metrics::counter!("kura_gateway_shard_reads_total", "outcome" => outcome).increment(1);
             if corrupt {
@@ -365,11 +438,7 @@ async fn fetch(
             } else {
                 tracing::debug!(shard = %id, node, error = %e, "shard read failed; reading another");
             }
-            Err(if corrupt {
-                format!("corrupt: {e}")
-            } else {
-                e.to_string()
-            })
+            Err(if corrupt { format!("corrupt: {e}") } else { e })
         }
     }
 }

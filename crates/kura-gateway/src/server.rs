@@ -52,6 +52,16 @@ pub struct GatewayConfig {
     /// optional there, checked per call) and for calling voters and
     /// storage nodes.
     pub transport: kura_auth::Transport,
+    /// How long a read waits for one voter's stale answer (a manifest)
+    /// before it asks the next voter.
+    pub stale_read_attempt: Duration,
+    /// How long Retrieve and Stat wait for their audit entry's commit
+    /// before they answer anyway; the entry stays queued and is committed
+    /// once a leader is back (ARCHITECTURE.md, "Reads without the leader").
+    pub read_audit_wait: Duration,
+    /// Storage nodes running in this process: their shards are read
+    /// directly, not through a socket (see [`kura_proto::local`]).
+    pub local_shards: kura_proto::local::LocalShards,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -63,6 +73,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("repair", &self.repair)
             .field("drill", &self.drill.is_some())
             .field("tls", &self.transport.is_tls())
+            .field("local_shards", &self.local_shards)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +92,9 @@ impl GatewayConfig {
             straggler_grace: Duration::from_secs(2),
             repair: Some(RepairConfig::default()),
             drill: None,
+            stale_read_attempt: Duration::from_millis(300),
+            read_audit_wait: Duration::from_millis(200),
+            local_shards: kura_proto::local::LocalShards::default(),
         }
     }
 }

@@ -121,40 +121,50 @@ impl ArchiveService {
         let own = caller.own_tenant().unwrap_or(tenant).to_string();
         self.inner
             .gate
-            .record(
+            .record_read(
                 &caller,
                 rpc,
                 touched_instance(&own, uid, r.as_ref().ok()),
                 code_of(&r),
+                self.inner.config.read_audit_wait,
             )
             .await;
         r
     }
 
+    /// The manifest of `uid` in `tenant`, for a read: from any voter's
+    /// applied state first (no leader, so no election, in its path), and
+    /// only when that voter does not have it (a store it has not applied
+    /// yet) or none answers, from the leader. Why a stale manifest is safe
+    /// to read from: ARCHITECTURE.md, "Reads without the leader".
     async fn manifest(&self, tenant: &str, uid: &str) -> Result<Manifest, GatewayError> {
         check_tenant(tenant)?;
         check_uid("sop_instance_uid", uid)?;
-        let answer = self
+        let stale = self
             .inner
             .cluster
             .meta()
-            .query(&Query::GetManifest {
-                tenant: tenant.to_string(),
-                sop_instance_uid: uid.to_string(),
-                consistency: Consistency::Linearizable,
-            })
-            .await
-            .map_err(meta_error)?;
-        match answer {
-            QueryResult::Manifest(Some(m)) => Ok(*m),
-            QueryResult::Manifest(None) => Err(GatewayError::NotFound {
+            .query_any(
+                &Query::GetManifest {
+                    tenant: tenant.to_string(),
+                    sop_instance_uid: uid.to_string(),
+                    consistency: Consistency::Stale,
+                },
+                self.inner.config.stale_read_attempt,
+            )
+            .await;
+        match stale {
+            Ok(QueryResult::Manifest(Some(m))) => return Ok(*m),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "no voter answered a stale manifest read"),
+        }
+        match crate::retrieve::leader_manifest(&self.inner, tenant, uid).await? {
+            Some(m) => Ok(m),
+            None => Err(GatewayError::NotFound {
                 resource_type: "instance",
                 resource_name: uid.to_string(),
                 message: format!("no instance {uid} in tenant {tenant}"),
             }),
-            other => Err(GatewayError::Internal(format!(
-                "unexpected answer to GetManifest: {other:?}"
-            ))),
         }
     }
 

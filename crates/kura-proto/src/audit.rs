@@ -51,16 +51,20 @@ impl AuditSink {
     /// Queues `record` and waits until it is committed (or
     /// [`COMMIT_WAIT`] passed); answers whether it was.
     pub async fn record(&self, record: AuditRecord) -> bool {
+        self.record_within(record, COMMIT_WAIT).await
+    }
+
+    /// Queues `record` and waits at most `wait` for its commit; answers
+    /// whether it was committed by then. A record not committed in time
+    /// stays queued and is committed when the cluster can take it.
+    pub async fn record_within(&self, record: AuditRecord, wait: Duration) -> bool {
         let (done, committed) = oneshot::channel();
         if self.tx.try_send((self.stamp(record), Some(done))).is_err() {
             metrics::counter!("kura_audit_dropped_total").increment(1);
             tracing::error!("audit queue full or closed: an audit record was dropped");
             return false;
         }
-        matches!(
-            tokio::time::timeout(COMMIT_WAIT, committed).await,
-            Ok(Ok(true))
-        )
+        matches!(tokio::time::timeout(wait, committed).await, Ok(Ok(true)))
     }
 
     /// Queues `record` without waiting (refusals seen where no task can

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod codec;
+pub mod local;
 pub mod meta;
 pub mod meta_client;
 pub mod net;

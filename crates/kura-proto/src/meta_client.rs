@@ -93,6 +93,8 @@ struct Inner {
     call_deadline: Duration,
     /// The next endpoint to try when no leader is known.
     rotor: std::sync::atomic::AtomicUsize,
+    /// The endpoint that last answered a [`MetaClient::query_any`].
+    nearby: std::sync::atomic::AtomicUsize,
 }
 
 impl MetaClient {
@@ -122,6 +124,7 @@ impl MetaClient {
                 transport,
                 leader: Mutex::new(None),
                 rotor: std::sync::atomic::AtomicUsize::new(0),
+                nearby: std::sync::atomic::AtomicUsize::new(0),
                 channels: Mutex::new(HashMap::new()),
                 attempt_timeout,
                 call_deadline,
@@ -148,6 +151,49 @@ impl MetaClient {
     /// Answers `query`.
     pub async fn query(&self, query: &Query) -> Result<QueryResult, MetaClientError> {
         self.call(Rpc::Query, query, Retry::Idempotent).await
+    }
+
+    /// Answers `query` (a stale one: any voter's applied state) from the
+    /// first voter that answers, without following the leader: the voter
+    /// that answered last, then the others in turn, each given at most
+    /// `attempt`. Reads whose answer may lag the latest commits use it so
+    /// that they never wait for an election.
+    pub async fn query_any(
+        &self,
+        query: &Query,
+        attempt: Duration,
+    ) -> Result<QueryResult, MetaClientError> {
+        use std::sync::atomic::Ordering;
+        let payload = codec::encode(query)?;
+        let n = self.inner.endpoints.len();
+        let first = self.inner.nearby.load(Ordering::Relaxed);
+        let mut last_error = String::from("no endpoint configured");
+        for i in 0..n {
+            let at = (first + i) % n;
+            let Some(addr) = self.inner.endpoints.get(at) else {
+                break;
+            };
+            match self
+                .attempt_within(addr, Rpc::Query, payload.clone(), attempt)
+                .await
+            {
+                Ok(bytes) => {
+                    self.inner.nearby.store(at, Ordering::Relaxed);
+                    return Ok(codec::decode(&bytes)?);
+                }
+                Err(status) => match status.code() {
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::Aborted => {
+                        last_error = format!("{addr}: {}", status.message());
+                    }
+                    _ => return Err(classify_final(status)),
+                },
+            }
+        }
+        Err(MetaClientError::Unavailable(last_error))
     }
 
     /// Sends a lifecycle request to the leader (or, for `Bootstrap` and
@@ -271,6 +317,17 @@ impl MetaClient {
         rpc: Rpc,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, tonic::Status> {
+        self.attempt_within(addr, rpc, payload, self.inner.attempt_timeout)
+            .await
+    }
+
+    async fn attempt_within(
+        &self,
+        addr: &str,
+        rpc: Rpc,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, tonic::Status> {
         let channel = self.channel(addr)?;
         let mut client = GrpcMetaClient::new(channel)
             .max_decoding_message_size(codec::PAYLOAD_BYTES_MAX as usize)
@@ -278,7 +335,7 @@ impl MetaClient {
         let mut request = tonic::Request::new(MetaPayload {
             bincode: payload.into(),
         });
-        request.set_timeout(self.inner.attempt_timeout);
+        request.set_timeout(timeout);
         let fut = async {
             match rpc {
                 Rpc::Propose => client.propose(request).await,
@@ -286,12 +343,11 @@ impl MetaClient {
                 Rpc::Admin => client.admin(request).await,
             }
         };
-        match tokio::time::timeout(self.inner.attempt_timeout, fut).await {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(resp)) => Ok(resp.into_inner().bincode.to_vec()),
             Ok(Err(status)) => Err(connect_errors_are_unavailable(status)),
             Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "no answer within {:?}",
-                self.inner.attempt_timeout
+                "no answer within {timeout:?}"
             ))),
         }
     }

@@ -62,6 +62,9 @@ pub struct StoreConfig {
     /// TLS (this node's certificate, the cluster's CA) or plaintext, for
     /// serving and for calling voters and other storage nodes.
     pub transport: Transport,
+    /// Registers the node for in-process reads by a gateway in the same
+    /// process (`kura dev`, a `kura server` with both roles).
+    pub local: Option<kura_proto::local::LocalShards>,
 }
 
 impl StoreConfig {
@@ -79,6 +82,7 @@ impl StoreConfig {
             scrub_bytes_per_sec: crate::scrub::SCRUB_BYTES_PER_SEC_DEFAULT,
             scrub_pass_interval: crate::scrub::SCRUB_PASS_INTERVAL_DEFAULT,
             transport: Transport::Plaintext,
+            local: None,
         }
     }
 }
@@ -98,6 +102,11 @@ pub struct StorageNode {
     scrub_stop: Option<oneshot::Sender<()>>,
     scrub: Option<JoinHandle<()>>,
     scrub_status: Arc<crate::scrub::ScrubStatus>,
+    /// The in-process registration and the reader it points to.
+    local: Option<(
+        kura_proto::local::LocalShards,
+        Arc<dyn kura_proto::local::LocalShardReader>,
+    )>,
 }
 
 impl StorageNode {
@@ -119,6 +128,7 @@ impl StorageNode {
             scrub_bytes_per_sec,
             scrub_pass_interval,
             transport,
+            local,
         } = config;
         if gc_interval.is_zero() {
             return Err(StoreError::InvalidArgument(
@@ -217,6 +227,12 @@ impl StorageNode {
             );
             (Some(tx), Some(task))
         };
+        let local = local.map(|registry| {
+            let reader: Arc<dyn kura_proto::local::LocalShardReader> =
+                Arc::new(crate::service::InProcessReads(service.clone()));
+            registry.register(node_id, &reader);
+            (registry, reader)
+        });
         tracing::info!(node = node_id, %addr, "storage node started");
         Ok(Self {
             node_id,
@@ -232,6 +248,7 @@ impl StorageNode {
             scrub_stop: Some(scrub_stop),
             scrub: Some(scrub),
             scrub_status,
+            local,
         })
     }
 
@@ -258,6 +275,9 @@ impl StorageNode {
     /// [`SHUTDOWN_GRACE`]), stops reporting, and closes the store. When it
     /// returns `Ok`, nothing of the node runs and its directory is free.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        if let Some((registry, _)) = self.local.take() {
+            registry.withdraw(self.node_id);
+        }
         if let Some(service) = &self.service {
             service.close();
         }
@@ -338,6 +358,9 @@ impl StorageNode {
 impl Drop for StorageNode {
     fn drop(&mut self) {
         // A node dropped without shutdown() still stops serving.
+        if let Some((registry, _)) = self.local.take() {
+            registry.withdraw(self.node_id);
+        }
         if let Some(service) = &self.service {
             service.close();
         }

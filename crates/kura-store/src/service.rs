@@ -288,6 +288,20 @@ async fn next_message<T>(stream: &mut Streaming<T>) -> Result<Option<T>, StoreEr
 
 /// Logs an error where the service hands it back, at a level that says
 /// whose fault it is, and converts it.
+/// This node's reads for a gateway in the same process
+/// ([`kura_proto::local`]): the same checks and quarantine as GetShard,
+/// without the socket.
+pub(crate) struct InProcessReads(pub(crate) ShardsService);
+
+impl kura_proto::local::LocalShardReader for InProcessReads {
+    fn read_shard(&self, id: &ShardId) -> Result<Bytes, Status> {
+        self.0.check_open().map_err(|e| reply("get", e))?;
+        let shard = self.0.store.get(id).map_err(|e| reply("get", e))?;
+        tracing::debug!(shard = %id, total = shard.bytes.len(), "shard read in process");
+        Ok(Bytes::from(shard.bytes))
+    }
+}
+
 fn reply(op: &'static str, e: StoreError) -> Status {
     match &e {
         StoreError::Io { .. } | StoreError::Index(_) | StoreError::Internal(_) => {

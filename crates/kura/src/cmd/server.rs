@@ -133,6 +133,8 @@ async fn serve(checked: Checked, id: u64, transport: Transport) -> anyhow::Resul
         println!("  meta voter {id} at {}", addr.get_ref());
         meta = Some(m);
     }
+    // A gateway beside a storage node reads its shards in process.
+    let local_shards = kura_proto::local::LocalShards::default();
     let mut store = None;
     let mut joiner = None;
     if let Some(addr) = &node.store {
@@ -146,6 +148,7 @@ async fn serve(checked: Checked, id: u64, transport: Transport) -> anyhow::Resul
         sc.scrub_bytes_per_sec = (cfg.scrub.rate_mb_per_sec.get_ref() * 1e6) as u64;
         sc.scrub_pass_interval = config::secs(&cfg.scrub.interval_secs);
         sc.transport = transport.clone();
+        sc.local = Some(local_shards.clone());
         let s = StorageNode::start(sc, listener)
             .await
             .with_context(|| format!("start the storage node in {}", node.data.display()))?;
@@ -190,6 +193,7 @@ async fn serve(checked: Checked, id: u64, transport: Transport) -> anyhow::Resul
             .with_context(|| format!("listen for the Archive API on {}", addr.get_ref()))?;
         let mut gc = GatewayConfig::new(meta_endpoints.clone(), transport.clone());
         gc.site = Some(node.site.get_ref().clone());
+        gc.local_shards = local_shards.clone();
         gc.store_deadline = gc.store_deadline.min(grace / 2);
         gc.repair = cfg.repair.enabled.then(|| kura_gateway::RepairConfig {
             rate_bytes_per_sec: (cfg.repair.rate_mb_per_sec.get_ref() * 1e6).max(1.0) as u64,
