@@ -361,17 +361,23 @@ impl AdminService {
                 suspects.insert((m.tenant.clone(), m.sop_instance_uid.clone()), m);
             }
         }
+        // Damaged, quarantined shards count as missing, wherever they sit.
+        let damaged = crate::cluster::damaged_instances(self.inner.cluster.meta()).await?;
+        for (key, (m, _)) in &damaged {
+            suspects.entry(key.clone()).or_insert_with(|| m.clone());
+        }
         let mut out = pb::ProtectionSummary {
             instances: status.0,
             under_protected: status.1,
             fully_protected: status.0.saturating_sub(status.1),
             ..Default::default()
         };
-        for m in suspects.values() {
-            if !kura_placement::readable_now(&map, m) {
-                out.unreadable += 1;
-            } else if !kura_placement::critical_sites(&map, m).is_empty() {
-                out.at_risk += 1;
+        for (key, m) in &suspects {
+            let bad = damaged.get(key).map(|(_, b)| b.as_slice()).unwrap_or(&[]);
+            match kura_placement::survival(&map, m, bad) {
+                kura_placement::Survival::Safe => {}
+                kura_placement::Survival::AtRisk { .. } => out.at_risk += 1,
+                kura_placement::Survival::Unreadable { .. } => out.unreadable += 1,
             }
         }
         Ok(out)

@@ -151,6 +151,48 @@ pub async fn manifest_pages(
     }
 }
 
+/// Every damaged shard storage nodes reported (and repair has not cleared
+/// yet), grouped by the instance whose manifest references it: (tenant,
+/// SOP Instance UID) → (manifest, its bad shards as (segment, index,
+/// node)). Damage is rare and bounded by what nodes report, so the whole
+/// list is read.
+pub async fn damaged_instances(meta: &MetaClient) -> Result<DamagedInstances, GatewayError> {
+    let mut out = DamagedInstances::new();
+    let mut after = None;
+    loop {
+        let answer = meta
+            .query(&Query::Damaged {
+                after: after.take(),
+                limit: 1000,
+                consistency: Consistency::Linearizable,
+            })
+            .await
+            .map_err(meta_error)?;
+        let QueryResult::DamagedPage { shards, next } = answer else {
+            return Err(GatewayError::Internal(format!(
+                "unexpected answer to Damaged: {answer:?}"
+            )));
+        };
+        for (d, m) in shards {
+            let Some(m) = m else { continue };
+            out.entry((m.tenant.clone(), m.sop_instance_uid.clone()))
+                .or_insert_with(|| (m, Vec::new()))
+                .1
+                .push((d.segment, d.index, d.node));
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// See [`damaged_instances`].
+pub type DamagedInstances = std::collections::BTreeMap<
+    (String, String),
+    (kura_placement::Manifest, Vec<(u32, u8, NodeId)>),
+>;
+
 /// A metadata client error as the gateway reports it.
 pub fn meta_error(e: MetaClientError) -> GatewayError {
     match e {

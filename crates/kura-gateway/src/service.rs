@@ -9,9 +9,10 @@ use futures::Stream;
 use kura_placement::Manifest;
 use kura_proto::meta::{Consistency, LIST_PAGE_MAX, Query, QueryResult};
 use kura_proto::v1::archive_server::Archive;
+use kura_proto::v1::instance_protection::State as InstanceState;
 use kura_proto::v1::{
-    InstanceInfo, ListStudyRequest, RetrieveRequest, RetrieveResponse, StatRequest, StoreRequest,
-    StoreResponse, StudyProtectionRequest, StudyProtectionResponse,
+    InstanceInfo, InstanceProtection, ListStudyRequest, RetrieveRequest, RetrieveResponse,
+    StatRequest, StoreRequest, StoreResponse, StudyProtectionRequest, StudyProtectionResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -196,6 +197,9 @@ impl ArchiveService {
         }
     }
 }
+
+/// Most instances a StudyProtection answer names one by one.
+const ATTENTION_MAX: usize = 1000;
 
 #[tonic::async_trait]
 impl Archive for ArchiveService {
@@ -398,6 +402,7 @@ impl Archive for ArchiveService {
             // The map as the leader has it now, not the cached one.
             self.inner.cluster.invalidate().await;
             let state = self.inner.cluster.state().await?;
+            let damaged = crate::cluster::damaged_instances(self.inner.cluster.meta()).await?;
             let mut out = StudyProtectionResponse::default();
             let mut critical = std::collections::BTreeSet::new();
             let mut after = None;
@@ -409,11 +414,30 @@ impl Archive for ArchiveService {
                         kura_placement::Protection::Full => out.fully_protected += 1,
                         kura_placement::Protection::UnderProtected => out.under_protected += 1,
                     }
-                    if !kura_placement::readable_now(&state.map, m) {
-                        out.unreadable += 1;
-                    }
-                    for site in kura_placement::critical_sites(&state.map, m) {
-                        critical.insert(site.to_string());
+                    let bad = damaged
+                        .get(&(m.tenant.clone(), m.sop_instance_uid.clone()))
+                        .map(|(_, b)| b.as_slice())
+                        .unwrap_or(&[]);
+                    let verdict = kura_placement::survival(&state.map, m, bad);
+                    let (state_code, sites) = match &verdict {
+                        kura_placement::Survival::Safe => continue,
+                        kura_placement::Survival::AtRisk { critical_sites } => {
+                            out.at_risk += 1;
+                            critical.extend(critical_sites.iter().cloned());
+                            (InstanceState::AtRisk, critical_sites.clone())
+                        }
+                        kura_placement::Survival::Unreadable { .. } => {
+                            out.unreadable += 1;
+                            (InstanceState::Unreadable, Vec::new())
+                        }
+                    };
+                    if out.attention.len() < ATTENTION_MAX {
+                        out.attention.push(InstanceProtection {
+                            sop_instance_uid: m.sop_instance_uid.clone(),
+                            state: state_code as i32,
+                            why: verdict.why(),
+                            critical_sites: sites,
+                        });
                     }
                 }
                 match next {

@@ -43,4 +43,4 @@ pub use placement::{Placement, Placer, place_segment, protection_of};
 pub use plan::{ReadPlan, read_plan};
 pub use profile::{Profile, ProfileExt};
 pub use repair::{RepairPlan, RepairReason, SegmentRepair, ShardRepair, repair_plan};
-pub use survival::{critical_sites, readable_now, readable_without};
+pub use survival::{BadShards, Survival, critical_sites, readable_now, readable_without, survival};

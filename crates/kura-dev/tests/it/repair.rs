@@ -231,24 +231,14 @@ async fn a_lost_node_is_rebuilt_newest_first_and_repair_resumes_after_a_restart(
     c.dev.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn damaged_shards_are_rewritten_on_their_node() {
-    let dir = tempfile::tempdir().expect("dir");
-    let c = Cluster::start_with(dir, fast).await;
-    let meta = c.meta();
-    let stored = fill(&c, "72", 3, 300 * 1024).await;
-    // The holder of data shard 0 of the first instance: every read uses it.
-    let m = manifest(&meta, &stored[0].0).await;
-    let shard = &m.segments[0].shards[0];
-    let victim = shard.node.expect("placed");
-    let id = ShardId {
-        object_key: m.object_key,
-        segment: 0,
-        index: 0,
-    };
-    // Flip a byte in the middle of that shard's file.
-    let name = format!("{}-0-0.", hex::encode(m.object_key));
-    let mut stack = vec![c.dev.storage_dir(victim).join("shards")];
+/// Flips a byte in the middle of the file of shard `index` of segment
+/// `segment` of `m`, on its holder.
+fn flip_shard(c: &Cluster, m: &Manifest, segment: u32, index: u8) {
+    let holder = m.segments[segment as usize].shards[usize::from(index)]
+        .node
+        .expect("placed");
+    let name = format!("{}-{segment}-{index}.", hex::encode(m.object_key));
+    let mut stack = vec![c.dev.storage_dir(holder).join("shards")];
     let mut flipped = 0;
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("read dir") {
@@ -268,7 +258,112 @@ async fn damaged_shards_are_rewritten_on_their_node() {
             }
         }
     }
-    assert_eq!(flipped, 1, "found the shard file");
+    assert_eq!(flipped, 1, "found the file of shard {segment}/{index}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_shards_count_in_the_protection_answers() {
+    let dir = tempfile::tempdir().expect("dir");
+    // No repair: the damage must stay for the answers to show it.
+    let c = Cluster::start_with(dir, |cfg| {
+        fast(cfg);
+        cfg.repair = None;
+    })
+    .await;
+    let meta = c.meta();
+    let stored = fill(&c, "74", 3, 200 * 1024).await;
+    let (lost, risky) = (&stored[0].0, &stored[1].0);
+    let study = uid("74", 1);
+    // Five of nine shards of the first instance damaged (fewer than k = 5
+    // good remain), two of the second (readable, but a site loss now
+    // costs more than it can spare), none of the third.
+    let lost_m = manifest(&meta, lost).await;
+    for i in 0..5 {
+        flip_shard(&c, &lost_m, 0, i);
+    }
+    let risky_m = manifest(&meta, risky).await;
+    for i in 0..2 {
+        flip_shard(&c, &risky_m, 0, i);
+    }
+    // Reads find the damage; the nodes quarantine and report it.
+    let mut client = c.client().await;
+    let e = retrieve(&mut client, TENANT, lost)
+        .await
+        .expect_err("five of nine shards damaged");
+    assert_eq!(e.code(), tonic::Code::DataLoss, "{e:?}");
+    read_all(&c, &stored[1..], "two shards of one damaged").await;
+    until("the damage is recorded", Duration::from_secs(20), || async {
+        matches!(
+            meta.query(&Query::Damaged { after: None, limit: 100, consistency: Consistency::Linearizable }).await,
+            Ok(QueryResult::DamagedPage { shards, .. }) if shards.len() == 7
+        )
+    })
+    .await;
+    // Admin.Protection counts them.
+    let mut admin = kura_proto::v1::admin_client::AdminClient::new(
+        c.channel_as(TENANT, &[kura_auth::ClientRole::Admin]).await,
+    );
+    let p = admin
+        .protection(kura_proto::v1::ProtectionRequest {})
+        .await
+        .expect("protection")
+        .into_inner();
+    assert_eq!((p.instances, p.unreadable, p.at_risk), (3, 1, 1), "{p:?}");
+    // StudyProtection names both instances and says why.
+    let mut reader = c.client().await;
+    let sp = reader
+        .study_protection(kura_proto::v1::StudyProtectionRequest {
+            tenant: TENANT.into(),
+            study_instance_uid: study.clone(),
+        })
+        .await
+        .expect("study protection")
+        .into_inner();
+    assert_eq!(
+        (sp.instances, sp.unreadable, sp.at_risk),
+        (3, 1, 1),
+        "{sp:?}"
+    );
+    assert!(!sp.survives_site_loss, "{sp:?}");
+    use kura_proto::v1::instance_protection::State;
+    let named: Vec<_> = sp
+        .attention
+        .iter()
+        .map(|a| (a.sop_instance_uid.as_str(), a.state))
+        .collect();
+    assert!(
+        named.contains(&(lost.as_str(), State::Unreadable as i32)),
+        "{sp:?}"
+    );
+    assert!(
+        named.contains(&(risky.as_str(), State::AtRisk as i32)),
+        "{sp:?}"
+    );
+    let why = &sp
+        .attention
+        .iter()
+        .find(|a| a.sop_instance_uid == *lost)
+        .expect("named")
+        .why;
+    assert!(why.contains("4 good shards, 5 are needed"), "{why}");
+    c.dev.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_shards_are_rewritten_on_their_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let c = Cluster::start_with(dir, fast).await;
+    let meta = c.meta();
+    let stored = fill(&c, "72", 3, 300 * 1024).await;
+    // The holder of data shard 0 of the first instance: every read uses it.
+    let m = manifest(&meta, &stored[0].0).await;
+    let victim = m.segments[0].shards[0].node.expect("placed");
+    let id = ShardId {
+        object_key: m.object_key,
+        segment: 0,
+        index: 0,
+    };
+    flip_shard(&c, &m, 0, 0);
     // The read is correct and makes the node quarantine the shard.
     read_all(&c, &stored, "one shard corrupt").await;
     let addr = c.dev.storage_node(victim).expect("runs").addr().to_string();

@@ -370,15 +370,30 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
                         "fully_protected": p.fully_protected,
                         "under_protected": p.under_protected,
                         "unreadable": p.unreadable,
+                        "at_risk": p.at_risk,
                         "survives_site_loss": p.survives_site_loss,
                         "critical_sites": p.critical_sites,
+                        "attention": p.attention.iter().map(|a| json!({
+                            "sop_instance_uid": a.sop_instance_uid,
+                            "state": instance_state_name(a.state),
+                            "why": a.why,
+                            "critical_sites": a.critical_sites,
+                        })).collect::<Vec<_>>(),
                     }))?;
                 } else {
                     println!("study {study}: {} instance(s)", p.instances);
                     println!(
-                        "  fully protected {}, under-protected {}, unreadable {}",
-                        p.fully_protected, p.under_protected, p.unreadable
+                        "  fully protected {}, under-protected {}, unreadable {}, at risk {}",
+                        p.fully_protected, p.under_protected, p.unreadable, p.at_risk
                     );
+                    for a in &p.attention {
+                        println!(
+                            "  {} {}: {}",
+                            instance_state_name(a.state),
+                            a.sop_instance_uid,
+                            a.why
+                        );
+                    }
                     if p.survives_site_loss {
                         println!("  survives losing any one site now: yes");
                     } else {
@@ -592,4 +607,14 @@ fn show_status(s: &ClusterStatus, json: bool) -> anyhow::Result<()> {
         write_repair(&mut out, r)?;
     }
     Ok(())
+}
+
+/// An `InstanceProtection.State` as the CLI prints it.
+fn instance_state_name(value: i32) -> &'static str {
+    use kura_proto::v1::instance_protection::State;
+    match State::try_from(value) {
+        Ok(State::Unreadable) => "unreadable",
+        Ok(State::AtRisk) => "at-risk",
+        _ => "unknown",
+    }
 }
