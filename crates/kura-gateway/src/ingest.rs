@@ -431,7 +431,11 @@ async fn commit(gw: &Arc<Inner>, written: Box<Written>) -> Result<StoreResponse,
         .propose(&Command::PutManifest(manifest.clone()), Retry::Idempotent)
         .await;
     match outcome {
-        Ok(Ok(Applied::ManifestCreated { .. })) => {
+        Ok(Ok(Applied::ManifestCreated { version })) => {
+            // What the cluster now holds: the same manifest at its version.
+            let mut stored = manifest.clone();
+            stored.version = version;
+            gw.manifests.put(std::sync::Arc::new(stored));
             metrics::counter!("kura_gateway_instances_stored_total").increment(1);
             if manifest.protection == Protection::UnderProtected {
                 metrics::counter!("kura_gateway_under_protected_stores_total").increment(1);

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod error;
 pub mod info;
 pub mod ingest;
+mod manifests;
 pub mod ops;
 pub mod repair;
 pub mod retrieve;

@@ -738,6 +738,7 @@ impl Worker {
                 .await
             {
                 Ok(Ok(Applied::ManifestUpdated { .. })) => {
+                    self.inner.manifests.forget(&m.tenant, &m.sop_instance_uid);
                     for &(segment, index, from, target, copied) in &placed {
                         if copied {
                             done.moved += 1;

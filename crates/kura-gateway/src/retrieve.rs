@@ -123,7 +123,9 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
                     && matches!(e, GatewayError::Unavailable(_) | GatewayError::DataLoss(_))
                 {
                     refreshed = true;
-                    match leader_manifest(gw, &manifest.tenant, &manifest.sop_instance_uid).await {
+                    let (tenant, uid) = (&manifest.tenant, &manifest.sop_instance_uid);
+                    gw.manifests.forget(tenant, uid);
+                    match leader_manifest(gw, tenant, uid).await {
                         Ok(Some(fresh)) if fresh.segments != manifest.segments => {
                             tracing::debug!(
                                 sop_instance_uid = %manifest.sop_instance_uid,
@@ -132,6 +134,7 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
                             );
                             metrics::counter!("kura_gateway_manifest_refreshes_total").increment(1);
                             manifest = Arc::new(fresh);
+                            gw.manifests.put(Arc::clone(&manifest));
                             ahead = FuturesOrdered::new();
                             next_segment = index;
                             continue;

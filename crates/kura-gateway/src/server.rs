@@ -59,6 +59,11 @@ pub struct GatewayConfig {
     /// before they answer anyway; the entry stays queued and is committed
     /// once a leader is back (ARCHITECTURE.md, "Reads without the leader").
     pub read_audit_wait: Duration,
+    /// Manifests a gateway keeps for reads (0: none), and how long each is
+    /// used; the time must stay below repair's `delete_moved_after` (see
+    /// the `manifests` module).
+    pub manifest_cache_entries: usize,
+    pub manifest_cache_ttl: Duration,
     /// Storage nodes running in this process: their shards are read
     /// directly, not through a socket (see [`kura_proto::local`]).
     pub local_shards: kura_proto::local::LocalShards,
@@ -93,6 +98,8 @@ impl GatewayConfig {
             repair: Some(RepairConfig::default()),
             drill: None,
             stale_read_attempt: Duration::from_millis(300),
+            manifest_cache_entries: 20_000,
+            manifest_cache_ttl: Duration::from_secs(10),
             read_audit_wait: Duration::from_millis(200),
             local_shards: kura_proto::local::LocalShards::default(),
         }
@@ -107,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) gate: crate::auth::Gate,
     /// Set once the repair loop runs here.
     pub(crate) repair: std::sync::OnceLock<RepairHandle>,
+    /// Manifests committed or read here, for reads.
+    pub(crate) manifests: crate::manifests::ManifestCache,
 }
 
 /// A running gateway.
@@ -160,7 +169,20 @@ impl Gateway {
             tokens: Arc::clone(&tokens),
             audit,
         };
+        if let Some(rc) = &config.repair
+            && config.manifest_cache_ttl >= rc.delete_moved_after
+        {
+            return Err(std::io::Error::other(format!(
+                "manifest_cache_ttl ({:?}) must be shorter than repair's delete_moved_after ({:?}): \
+                 a cached manifest must still find the shards it names",
+                config.manifest_cache_ttl, rc.delete_moved_after
+            )));
+        }
         let inner = Arc::new(Inner {
+            manifests: crate::manifests::ManifestCache::new(
+                config.manifest_cache_entries,
+                config.manifest_cache_ttl,
+            ),
             gate: gate.clone(),
             cluster: ClusterView::new(
                 meta,

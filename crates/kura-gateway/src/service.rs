@@ -108,7 +108,7 @@ impl ArchiveService {
         tenant: &str,
         uid: &str,
         span: &tracing::Span,
-    ) -> Result<Manifest, GatewayError> {
+    ) -> Result<Arc<Manifest>, GatewayError> {
         let (caller, verdict) = self
             .inner
             .gate
@@ -125,7 +125,7 @@ impl ArchiveService {
             .record_read(
                 &caller,
                 rpc,
-                touched_instance(&own, uid, r.as_ref().ok()),
+                touched_instance(&own, uid, r.as_deref().ok()),
                 code_of(&r),
                 self.inner.config.read_audit_wait,
             )
@@ -138,9 +138,19 @@ impl ArchiveService {
     /// only when that voter does not have it (a store it has not applied
     /// yet) or none answers, from the leader. Why a stale manifest is safe
     /// to read from: ARCHITECTURE.md, "Reads without the leader".
-    async fn manifest(&self, tenant: &str, uid: &str) -> Result<Manifest, GatewayError> {
+    async fn manifest(&self, tenant: &str, uid: &str) -> Result<Arc<Manifest>, GatewayError> {
         check_tenant(tenant)?;
         check_uid("sop_instance_uid", uid)?;
+        if let Some(m) = self.inner.manifests.get(tenant, uid) {
+            return Ok(m);
+        }
+        let found = self.manifest_uncached(tenant, uid).await?;
+        let m = Arc::new(found);
+        self.inner.manifests.put(Arc::clone(&m));
+        Ok(m)
+    }
+
+    async fn manifest_uncached(&self, tenant: &str, uid: &str) -> Result<Manifest, GatewayError> {
         let stale = self
             .inner
             .cluster
@@ -271,7 +281,7 @@ impl Archive for ArchiveService {
             let _entered = span.enter();
             observe("Retrieve", started, &r);
         }
-        let manifest = Arc::new(r.map_err(GatewayError::into_status)?);
+        let manifest = r.map_err(GatewayError::into_status)?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(
             crate::retrieve::stream(Arc::clone(&self.inner), manifest, tx).instrument(span),
