@@ -31,7 +31,17 @@ pub struct ClusterView {
     shard_timeout: Duration,
     cached: tokio::sync::Mutex<Option<Arc<ClusterState>>>,
     clients: Mutex<HashMap<NodeId, (String, ShardsClient)>>,
+    /// Nodes that just failed a shard call, missed a store's straggler
+    /// grace or left a read waiting past its hedge, until when: placement
+    /// avoids them and reads ask them last, from the next request on, long
+    /// before the failure detector marks them down.
+    suspects: Mutex<HashMap<NodeId, Instant>>,
+    any_suspect: std::sync::atomic::AtomicBool,
 }
+
+/// How long a node stays suspect after it failed a call. After that one
+/// request tries it again (and suspects it again if it still fails).
+pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 impl ClusterView {
     pub fn new(
@@ -49,7 +59,73 @@ impl ClusterView {
             shard_timeout,
             cached: tokio::sync::Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
+            any_suspect: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// `node` failed a call or kept one waiting: avoid it for a while.
+    pub fn suspect(&self, node: NodeId, why: &str) {
+        let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        if suspects
+            .insert(node, Instant::now() + SUSPECT_FOR)
+            .is_none()
+        {
+            metrics::counter!("kura_gateway_suspected_nodes_total").increment(1);
+            tracing::info!(
+                node,
+                why,
+                "storage node suspect: placement avoids it, reads ask it last"
+            );
+        }
+        self.any_suspect
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `node` answered a call: no longer suspect.
+    pub fn cleared(&self, node: NodeId) {
+        if !self.any_suspect.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        if suspects.remove(&node).is_some() {
+            tracing::info!(node, "storage node answers again; no longer suspect");
+        }
+        self.any_suspect
+            .store(!suspects.is_empty(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The nodes suspect now.
+    fn suspects_now(&self) -> Vec<NodeId> {
+        if !self.any_suspect.load(std::sync::atomic::Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        suspects.retain(|_, until| *until > now);
+        self.any_suspect
+            .store(!suspects.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        suspects.keys().copied().collect()
+    }
+
+    /// `map` with the suspect nodes marked down (placement then avoids
+    /// them; read plans ask them last), or `None` when no node is suspect.
+    pub fn avoiding_suspects(&self, map: &ClusterMap) -> Option<ClusterMap> {
+        let suspects = self.suspects_now();
+        if suspects.is_empty() {
+            return None;
+        }
+        let mut out = map.clone();
+        let mut changed = false;
+        for id in suspects {
+            if let Some(n) = out.nodes.get_mut(&id)
+                && n.state.readable()
+            {
+                n.state = kura_placement::NodeState::Down;
+                changed = true;
+            }
+        }
+        changed.then_some(out)
     }
 
     pub fn meta(&self) -> &MetaClient {

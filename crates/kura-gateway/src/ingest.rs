@@ -309,13 +309,23 @@ async fn receive(
 
     // 3. New: validate, encode, place and write as the bytes arrive.
     let state = gw.cluster.state().await?;
-    let placer = Placer::new(&state.map, &state.profile).map_err(|e| {
-        if e.is_retryable() {
-            GatewayError::Unavailable(format!("cannot place shards now: {e}"))
-        } else {
-            GatewayError::Internal(format!("cluster map or profile unusable: {e}"))
-        }
-    })?;
+    // Nodes that just failed a call are left out while the failure
+    // detector has not marked them down yet; if that leaves too few to
+    // place on, they are tried after all.
+    let avoiding = gw
+        .cluster
+        .avoiding_suspects(&state.map)
+        .and_then(|map| Placer::new(&map, &state.profile).ok());
+    let placer = match avoiding {
+        Some(p) => p,
+        None => Placer::new(&state.map, &state.profile).map_err(|e| {
+            if e.is_retryable() {
+                GatewayError::Unavailable(format!("cannot place shards now: {e}"))
+            } else {
+                GatewayError::Internal(format!("cluster map or profile unusable: {e}"))
+            }
+        })?,
+    };
     let nonce: [u8; 32] = header.expected_blake3.unwrap_or_else(rand::random);
     let object_key = derive_object_key(&header.tenant, &uid, &nonce);
     let mut pipeline = Pipeline::start(gw, state, placer, object_key)?;
@@ -754,10 +764,14 @@ async fn write_segment(
             let info = state.map.node(node)?;
             let client = gw.cluster.client(info).ok()?;
             match client.put_shard(bytes, false).await {
-                Ok(_) => Some(node),
+                Ok(_) => {
+                    gw.cluster.cleared(node);
+                    Some(node)
+                }
                 Err(e) => {
                     metrics::counter!("kura_gateway_shard_write_failures_total").increment(1);
                     tracing::warn!(node, segment = seg_index, shard = index, error = %e, "shard write failed");
+                    gw.cluster.suspect(node, "a shard write failed");
                     None
                 }
             }
@@ -775,6 +789,7 @@ async fn write_segment(
         .map(|(i, put)| async move { (i, put.await) })
         .collect();
     let mut holders: Vec<Option<u64>> = vec![None; total];
+    let mut answered = vec![false; total];
     let mut durable = 0usize;
     let mut grace_end: Option<tokio::time::Instant> = None;
     loop {
@@ -791,12 +806,22 @@ async fn write_segment(
                         );
                         metrics::counter!("kura_gateway_shard_write_failures_total")
                             .increment(pending.len() as u64);
+                        // The next stores place around them at once.
+                        for (done, (index, _, _)) in answered.iter().zip(&locations) {
+                            if let (false, Some(node)) = (*done, placement.holder(*index)) {
+                                gw.cluster
+                                    .suspect(node, "a shard write missed the straggler grace");
+                            }
+                        }
                         break;
                     }
                 }
             }
         };
         let Some((i, holder)) = next else { break };
+        if let Some(a) = answered.get_mut(i) {
+            *a = true;
+        }
         if let (Some(node), Some(slot)) = (holder, holders.get_mut(i)) {
             *slot = Some(node);
             durable += 1;

@@ -234,7 +234,11 @@ async fn read_segment_with(
         .ok_or_else(|| GatewayError::Internal(format!("segment {index} out of range")))?;
     let k = manifest.ec.data_shards;
     let n = manifest.ec.total_shards();
-    let plan = read_plan(&state.map, seg, k, gw.config.site.as_deref());
+    // Suspect nodes (a call just failed or hung) are planned like `Down`
+    // ones: asked last.
+    let avoiding = gw.cluster.avoiding_suspects(&state.map);
+    let map = avoiding.as_ref().unwrap_or(&state.map);
+    let plan = read_plan(map, seg, k, gw.config.site.as_deref());
     // Holders the map calls `Down` come last: failure detection can be
     // wrong (a partition between a node and the leader only), and a shard
     // that answers beats an UNAVAILABLE.
@@ -242,8 +246,7 @@ async fn read_segment_with(
         let mut all: Vec<(u8, u64)> = plan.holders().collect();
         for s in &seg.shards {
             if let Some(node) = s.node
-                && state
-                    .map
+                && map
                     .node(node)
                     .is_some_and(|n| n.state == kura_placement::NodeState::Down)
                 && !all.iter().any(|&(i, _)| i == s.index)
@@ -277,13 +280,21 @@ async fn read_segment_with(
             out
         }
     };
+    let mut first: Vec<(u8, u64)> = Vec::new();
     for _ in 0..usize::from(k) {
-        if let Some((shard, node)) = candidates.next() {
-            inflight.push(launch(shard, node));
+        if let Some(c) = candidates.next() {
+            first.push(c);
         }
     }
     let hedge = gw.config.read_hedge_after;
+    let mut hedged = false;
+    // Fetches launched and not answered yet, by node.
+    let mut waiting_on: Vec<u64> = Vec::new();
     let mut attempts = 0;
+    for (shard, node) in first {
+        waiting_on.push(node);
+        inflight.push(launch(shard, node));
+    }
     let mut verify_each = false;
     let shard_ok = |shard: u8, bytes: &[u8]| {
         kura_erasure::Shard::verify(bytes).is_ok_and(|h| {
@@ -301,13 +312,19 @@ async fn read_segment_with(
         while good < usize::from(k) {
             if inflight.is_empty() {
                 match candidates.next() {
-                    Some((shard, node)) => inflight.push(launch(shard, node)),
+                    Some((shard, node)) => {
+                        waiting_on.push(node);
+                        inflight.push(launch(shard, node));
+                    }
                     None => break,
                 }
             }
             tokio::select! {
                 r = inflight.next() => {
                     let Some((shard, node, r)) = r else { continue };
+                    if let Some(at) = waiting_on.iter().position(|&n| n == node) {
+                        waiting_on.swap_remove(at);
+                    }
                     let r = match r {
                         Ok(b) if verify_each && !shard_ok(shard, &b) => {
                             report_bad(manifest, seg.index, shard);
@@ -324,6 +341,7 @@ async fn read_segment_with(
                         Err(why) => {
                             failures.push(format!("shard {shard} on node {node}: {why}"));
                             if let Some((s, nd)) = candidates.next() {
+                                waiting_on.push(nd);
                                 inflight.push(launch(s, nd));
                             }
                         }
@@ -332,9 +350,21 @@ async fn read_segment_with(
                 _ = tokio::time::sleep(hedge) => {
                     if let Some((s, nd)) = candidates.next() {
                         metrics::counter!("kura_gateway_hedged_shard_reads_total").increment(1);
+                        hedged = true;
+                        waiting_on.push(nd);
                         inflight.push(launch(s, nd));
                     }
                 }
+            }
+        }
+        if hedged && good >= usize::from(k) {
+            // The segment was read around fetches still unanswered after
+            // the hedge delay: the next reads ask those nodes last.
+            for &node in &waiting_on {
+                gw.cluster.suspect(
+                    node,
+                    "a shard read was still unanswered after the hedge delay",
+                );
             }
         }
         if good < usize::from(k) {
@@ -379,8 +409,11 @@ async fn read_segment_with(
         // before it counts.
         verify_each = true;
         candidates = last_resort(&plan).into_iter();
+        hedged = false;
+        waiting_on.clear();
         for _ in 0..usize::from(k) {
             if let Some((shard, node)) = candidates.next() {
+                waiting_on.push(node);
                 inflight.push(launch(shard, node));
             }
         }
@@ -429,10 +462,14 @@ async fn fetch(
     match read {
         Ok(bytes) => {
             metrics::counter!("kura_gateway_shard_reads_total", "outcome" => "ok").increment(1);
+            gw.cluster.cleared(node);
             Ok(bytes)
         }
         Err((code, e)) => {
             let corrupt = code == tonic::Code::DataLoss;
+            if !matches!(code, tonic::Code::DataLoss | tonic::Code::NotFound) {
+                gw.cluster.suspect(node, "a shard read failed");
+            }
             let outcome = if corrupt { "corrupt" } else { "failed" };
             metrics::counter!("kura_gateway_shard_reads_total", "outcome" => outcome).increment(1);
             if corrupt {

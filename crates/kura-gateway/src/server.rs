@@ -90,7 +90,7 @@ impl GatewayConfig {
             meta_endpoints,
             site: None,
             store_deadline: Duration::from_secs(30 * 60),
-            read_hedge_after: Duration::from_secs(1),
+            read_hedge_after: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
             shard_call_timeout: Duration::from_secs(30),
             map_refresh: Duration::from_secs(2),

@@ -90,3 +90,76 @@ async fn a_silent_node_goes_down_then_lost_and_a_returning_one_up() {
     assert_eq!(state_of(&meta, 4).await, Some(NodeState::Lost));
     c.dev.shutdown().await;
 }
+
+/// A node whose shard write just failed is left out of the next stores'
+/// placement at once, long before the failure detector marks it down: the
+/// next stores place all their shards on the other nodes instead of
+/// leaving one unplaced on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_failed_a_write_is_avoided_before_it_is_marked_down() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut c = Cluster::start_with(dir, |cfg| {
+        // 12 nodes: with one left out, 11 remain for 9 shards.
+        cfg.nodes_per_site = 4;
+        // The detector stays out of it for the whole test.
+        cfg.meta_timeouts.node_down_after = Duration::from_secs(120);
+        cfg.meta_timeouts.node_lost_after = Duration::from_secs(600);
+    })
+    .await;
+    let meta = c.meta();
+    let mut client = c.client().await;
+    let instance = |n: u64| {
+        let s = Synthetic {
+            study: uid("65", 1),
+            series: uid("65", 2),
+            sop: uid("65", 100 + n),
+        };
+        (s.sop.clone(), synthetic(&s, 200 * 1024, n))
+    };
+    c.dev.stop_storage_node(5).await.expect("stop");
+    // Store until one store has tried node 5 (rendezvous placement puts a
+    // shard of most segments on any given node).
+    let mut n = 0;
+    let tried = loop {
+        let (sop, bytes) = instance(n);
+        store(&mut client, TENANT, &bytes).await.expect("store");
+        n += 1;
+        let m = manifest_of(&meta, &sop).await;
+        if m.segments[0].shards.iter().any(|s| s.node.is_none()) {
+            break sop;
+        }
+        assert!(n < 20, "no store placed a shard on node 5");
+    };
+    assert_eq!(
+        state_of(&meta, 5).await,
+        Some(NodeState::Up),
+        "the detector has not marked it down"
+    );
+    // The next stores place every shard, none on node 5.
+    for _ in 0..5 {
+        let (sop, bytes) = instance(n);
+        n += 1;
+        store(&mut client, TENANT, &bytes).await.expect("store");
+        let m = manifest_of(&meta, &sop).await;
+        let holders: Vec<_> = m.segments[0].shards.iter().map(|s| s.node).collect();
+        assert!(
+            holders.iter().all(|h| h.is_some_and(|id| id != 5)),
+            "{sop} after {tried}: holders {holders:?}"
+        );
+    }
+    c.dev.shutdown().await;
+}
+
+async fn manifest_of(meta: &MetaClient, uid: &str) -> kura_placement::Manifest {
+    match meta
+        .query(&Query::GetManifest {
+            tenant: TENANT.into(),
+            sop_instance_uid: uid.into(),
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::Manifest(Some(m))) => *m,
+        other => panic!("manifest of {uid}: {other:?}"),
+    }
+}
