@@ -309,13 +309,20 @@ async fn receive(
 
     // 3. New: validate, encode, place and write as the bytes arrive.
     let state = gw.cluster.state().await?;
+    let nonce: [u8; 32] = header.expected_blake3.unwrap_or_else(rand::random);
+    let object_key = derive_object_key(&header.tenant, &uid, &nonce);
     // Nodes that just failed a call are left out while the failure
-    // detector has not marked them down yet; if that leaves too few to
-    // place on, they are tried after all.
+    // detector has not marked them down yet, as long as the others can
+    // take every shard with the same protection; otherwise they are tried
+    // (a node back from a restart answers and is cleared).
     let avoiding = gw
         .cluster
         .avoiding_suspects(&state.map)
-        .and_then(|map| Placer::new(&map, &state.profile).ok());
+        .and_then(|map| Placer::new(&map, &state.profile).ok())
+        .filter(|p| {
+            let trial = p.place(&object_key, 0);
+            trial.placed() == state.profile.total_shards() && trial.protection == Protection::Full
+        });
     let placer = match avoiding {
         Some(p) => p,
         None => Placer::new(&state.map, &state.profile).map_err(|e| {
@@ -326,8 +333,6 @@ async fn receive(
             }
         })?,
     };
-    let nonce: [u8; 32] = header.expected_blake3.unwrap_or_else(rand::random);
-    let object_key = derive_object_key(&header.tenant, &uid, &nonce);
     let mut pipeline = Pipeline::start(gw, state, placer, object_key)?;
     let outcome = async {
         for c in held {
