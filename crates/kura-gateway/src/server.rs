@@ -60,8 +60,8 @@ pub struct GatewayConfig {
     /// once a leader is back (ARCHITECTURE.md, "Reads without the leader").
     pub read_audit_wait: Duration,
     /// Manifests a gateway keeps for reads (0: none), and how long each is
-    /// used; the time must stay below repair's `delete_moved_after` (see
-    /// the `manifests` module).
+    /// used (at most half of repair's `delete_moved_after`: see the
+    /// `manifests` module).
     pub manifest_cache_entries: usize,
     pub manifest_cache_ttl: Duration,
     /// Storage nodes running in this process: their shards are read
@@ -169,19 +169,16 @@ impl Gateway {
             tokens: Arc::clone(&tokens),
             audit,
         };
-        if let Some(rc) = &config.repair
-            && config.manifest_cache_ttl >= rc.delete_moved_after
-        {
-            return Err(std::io::Error::other(format!(
-                "manifest_cache_ttl ({:?}) must be shorter than repair's delete_moved_after ({:?}): \
-                 a cached manifest must still find the shards it names",
-                config.manifest_cache_ttl, rc.delete_moved_after
-            )));
-        }
+        // A cached manifest must still find the shards it names: use it
+        // for at most half the time an old holder keeps a moved shard.
+        let cache_ttl = match &config.repair {
+            Some(rc) => config.manifest_cache_ttl.min(rc.delete_moved_after / 2),
+            None => config.manifest_cache_ttl,
+        };
         let inner = Arc::new(Inner {
             manifests: crate::manifests::ManifestCache::new(
                 config.manifest_cache_entries,
-                config.manifest_cache_ttl,
+                cache_ttl,
             ),
             gate: gate.clone(),
             cluster: ClusterView::new(
