@@ -20,6 +20,7 @@ pub mod error;
 pub mod liveness;
 pub mod network;
 pub mod node;
+pub mod quorum;
 pub mod service;
 pub mod store;
 pub mod types;

@@ -31,6 +31,14 @@ pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 pub const CALL_DEADLINE_DEFAULT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
+/// An idempotent proposal's attempt at the node believed to lead gets this
+/// long (plus a second per MiB of payload) before the client tries
+/// another voter: a leader cut off by dropped packets must not hold every
+/// write for the whole attempt timeout while the others elect a new one.
+const LEADER_ATTEMPT_SHORT: Duration = Duration::from_secs(1);
+/// An endpoint that timed out or refused the connection is tried last
+/// for this long.
+const AVOID_FOR: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Why a metadata call failed.
@@ -95,6 +103,8 @@ struct Inner {
     rotor: std::sync::atomic::AtomicUsize,
     /// The endpoint that last answered a [`MetaClient::query_any`].
     nearby: std::sync::atomic::AtomicUsize,
+    /// Endpoints that just timed out or refused, until when.
+    avoid: Mutex<HashMap<String, Instant>>,
 }
 
 impl MetaClient {
@@ -125,6 +135,7 @@ impl MetaClient {
                 leader: Mutex::new(None),
                 rotor: std::sync::atomic::AtomicUsize::new(0),
                 nearby: std::sync::atomic::AtomicUsize::new(0),
+                avoid: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
                 attempt_timeout,
                 call_deadline,
@@ -234,21 +245,28 @@ impl MetaClient {
                     // the first one in each call: a black-holed voter
                     // (packets dropped, so every attempt there runs to its
                     // timeout) must not be every call's first choice.
-                    let i = self
-                        .inner
-                        .rotor
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(addr) = self
-                        .inner
-                        .endpoints
-                        .get(i % self.inner.endpoints.len().max(1))
-                    else {
-                        return Err(MetaClientError::Unavailable(last_error));
-                    };
-                    addr.clone()
+                    match self.next_endpoint() {
+                        Some(addr) => addr,
+                        None => return Err(MetaClientError::Unavailable(last_error)),
+                    }
                 }
             };
-            match self.attempt(&target, rpc, payload.clone()).await {
+            let timeout = match (rpc, retry) {
+                (Rpc::Propose, Retry::Idempotent) => self
+                    .inner
+                    .attempt_timeout
+                    .min(LEADER_ATTEMPT_SHORT + Duration::from_secs((payload.len() >> 20) as u64)),
+                _ => self.inner.attempt_timeout,
+            };
+            let outcome = self
+                .attempt_within(&target, rpc, payload.clone(), timeout)
+                .await;
+            if let Err(status) = &outcome
+                && (status.code() == tonic::Code::DeadlineExceeded || never_connected(status))
+            {
+                self.avoid(&target);
+            }
+            match outcome {
                 Ok(bytes) => {
                     self.set_leader_hint(Some(target));
                     return Ok(codec::decode(&bytes)?);
@@ -373,6 +391,43 @@ impl MetaClient {
         let ch = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), ch.clone());
         Ok(ch)
+    }
+
+    /// The next endpoint in turn, skipping those that just timed out or
+    /// refused while others remain.
+    fn next_endpoint(&self) -> Option<String> {
+        let n = self.inner.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let avoided = |addr: &str| {
+            self.inner
+                .avoid
+                .lock()
+                .ok()
+                .and_then(|m| m.get(addr).copied())
+                .is_some_and(|until| until > now)
+        };
+        let mut first = None;
+        for _ in 0..n {
+            let i = self
+                .inner
+                .rotor
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let addr = &self.inner.endpoints[i % n];
+            if !avoided(addr) {
+                return Some(addr.clone());
+            }
+            first.get_or_insert_with(|| addr.clone());
+        }
+        first
+    }
+
+    fn avoid(&self, addr: &str) {
+        if let Ok(mut m) = self.inner.avoid.lock() {
+            m.insert(addr.to_owned(), Instant::now() + AVOID_FOR);
+        }
     }
 
     fn leader_hint(&self) -> Option<String> {

@@ -1,0 +1,99 @@
+//! Elections only where they can be won: the check openraft 0.9 lacks
+//! (it has no PreVote).
+//!
+//! A voter cut off from the others (a black-holed site, a one-way cut)
+//! keeps starting elections it cannot win, each at a higher term. When
+//! the cut heals, the healthy leader sees that term in a response and
+//! steps down: the cluster stops for an election it did not need (seen in
+//! the chaos suite). Here each voter probes the other voters every
+//! [`PROBE_EVERY`]; while fewer than a quorum of voters (itself included)
+//! answered within [`FRESH`], its elections are switched off
+//! (`Raft::runtime_config().elect(false)`), so its term stays where it
+//! was and it rejoins as a follower. [`FRESH`] is shorter than the
+//! shortest time a follower waits before an election (the leader lease
+//! plus the minimum election timeout), so an isolated voter turns its
+//! elections off before its first one. Followers of a live majority keep
+//! theirs and elect a new leader when the old one goes silent.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kura_auth::Transport;
+use kura_proto::meta::AdminRequest;
+use kura_proto::meta_client::MetaClient;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::types::Raft;
+
+/// How often the other voters are probed.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// How long one probe may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+/// A voter counts as reachable this long after it last answered.
+pub const FRESH: Duration = Duration::from_millis(900);
+
+/// Starts the prober of voter `id`; it ends with the node (abort it).
+pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = MetaClient::with_timeouts(Vec::new(), transport, PROBE_TIMEOUT, PROBE_TIMEOUT);
+        let mut answered: HashMap<u64, Instant> = HashMap::new();
+        let mut electing = true;
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let metrics = raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let voters: Vec<u64> = membership.voter_ids().collect();
+            if !voters.contains(&id) || voters.len() < 2 {
+                continue;
+            }
+            let peers: Vec<(u64, String)> = voters
+                .iter()
+                .filter(|&&v| v != id)
+                .filter_map(|&v| membership.get_node(&v).map(|n| (v, n.addr.clone())))
+                .collect();
+            let mut probes = tokio::task::JoinSet::new();
+            for (peer, addr) in &peers {
+                let (client, peer, addr) = (client.clone(), *peer, addr.clone());
+                probes.spawn(async move {
+                    let ok = client.admin_at(&addr, &AdminRequest::Status).await.is_ok();
+                    (peer, ok)
+                });
+            }
+            let now = Instant::now();
+            while let Some(done) = probes.join_next().await {
+                if let Ok((peer, true)) = done {
+                    answered.insert(peer, now);
+                }
+            }
+            let reachable = 1 + peers
+                .iter()
+                .filter(|(p, _)| answered.get(p).is_some_and(|t| t.elapsed() < FRESH))
+                .count();
+            let quorum = voters.len() / 2 + 1;
+            let can_win = reachable >= quorum;
+            if can_win != electing {
+                electing = can_win;
+                raft.runtime_config().elect(can_win);
+                if can_win {
+                    tracing::info!(
+                        voter = id,
+                        reachable,
+                        "a quorum of voters answers again: elections on"
+                    );
+                } else {
+                    tracing::warn!(
+                        voter = id,
+                        reachable,
+                        quorum,
+                        "fewer than a quorum of voters answer: no elections from this voter until they do"
+                    );
+                }
+                metrics::gauge!("kura_meta_elections_enabled", "voter" => id.to_string())
+                    .set(f64::from(u8::from(can_win)));
+            }
+        }
+    })
+}
