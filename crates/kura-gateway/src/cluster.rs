@@ -39,6 +39,9 @@ pub struct ClusterView {
     any_suspect: std::sync::atomic::AtomicBool,
 }
 
+/// How long one voter may take to answer for the cluster map.
+const MAP_ATTEMPT: Duration = Duration::from_millis(500);
+
 /// How long a node stays suspect after it failed a call. After that one
 /// request tries it again (and suspects it again if it still fails).
 pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
@@ -147,11 +150,15 @@ impl ClusterView {
         {
             return Ok(Arc::clone(s));
         }
+        // From any voter: no election in the way of a map.
         let answer = self
             .meta
-            .query(&Query::GetClusterMap {
-                consistency: Consistency::Stale,
-            })
+            .query_any(
+                &Query::GetClusterMap {
+                    consistency: Consistency::Stale,
+                },
+                MAP_ATTEMPT,
+            )
             .await
             .map_err(meta_error)?;
         let QueryResult::ClusterMap { map, profile } = answer else {

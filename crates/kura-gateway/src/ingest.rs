@@ -249,15 +249,22 @@ async fn receive(
     span.record("sop_instance_uid", uid.as_str());
     tracing::debug!(sop_instance_uid = %uid, tenant = %header.tenant, "store: identity read");
 
-    // 2. Already stored? Then only hash what arrives and compare.
+    // 2. Already stored? Then only hash what arrives and compare. Any
+    // voter's state answers (no election in the way): manifests are
+    // write-once, so a stale "stored" is true, and a store a stale voter
+    // has not seen yet is caught when the manifest is committed
+    // (identical: already stored; different: conflict).
     let existing = gw
         .cluster
         .meta()
-        .query(&Query::GetManifest {
-            tenant: header.tenant.clone(),
-            sop_instance_uid: uid.clone(),
-            consistency: Consistency::Linearizable,
-        })
+        .query_any(
+            &Query::GetManifest {
+                tenant: header.tenant.clone(),
+                sop_instance_uid: uid.clone(),
+                consistency: Consistency::Stale,
+            },
+            gw.config.stale_read_attempt,
+        )
         .await
         .map_err(meta_error)?;
     let QueryResult::Manifest(existing) = existing else {
