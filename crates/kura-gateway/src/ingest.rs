@@ -742,6 +742,45 @@ impl Pipeline {
 /// Places one segment and writes its shards in parallel. Succeeds when at
 /// least k + 1 shards (k when m is 0) are durable; the others are recorded
 /// as unplaced, which makes the instance under-protected.
+/// How long a segment's shard writes may go without k + 1 of them durable
+/// before the unanswered ones are sent to other nodes as well.
+const STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A node for shard `i` of segment `segment` other than those in `asked`:
+/// the one placement picks with the suspect nodes left out, else any
+/// writable node (protection is then judged from where the shards ended
+/// up).
+fn another_node(
+    gw: &Arc<Inner>,
+    state: &ClusterState,
+    key: &ObjectKey,
+    segment: u32,
+    i: usize,
+    asked: &[u64],
+) -> Option<u64> {
+    let map = gw
+        .cluster
+        .avoiding_suspects(&state.map)
+        .unwrap_or_else(|| state.map.clone());
+    let preferred = Placer::new(&map, &state.profile)
+        .ok()
+        .map(|p| p.place(key, segment))
+        .and_then(|p| u8::try_from(i).ok().and_then(|i| p.holder(i)));
+    preferred
+        .into_iter()
+        .chain(
+            map.nodes
+                .values()
+                .filter(|n| n.state.writable())
+                .map(|n| n.id),
+        )
+        .find(|n| !asked.contains(n))
+}
+
+/// The shortest time stragglers get once k + 1 shards of a segment are
+/// durable (see `write_segment`).
+const STRAGGLER_GRACE_MIN: std::time::Duration = std::time::Duration::from_millis(300);
+
 async fn write_segment(
     gw: &Arc<Inner>,
     state: &Arc<ClusterState>,
@@ -766,51 +805,70 @@ async fn write_segment(
             )
         })
         .collect();
-    let puts = segment.shards.into_iter().map(|shard| {
-        let index = shard.header.shard_index;
-        let holder = placement.holder(index);
-        let bytes = Bytes::from(shard.encode_to_vec());
-        drop(shard);
+    // The encoded shards (cheap clones): a shard whose put failed or
+    // stalled is sent to another node.
+    let encoded: Vec<Bytes> = segment
+        .shards
+        .into_iter()
+        .map(|shard| Bytes::from(shard.encode_to_vec()))
+        .collect();
+    let total = ec.total_shards();
+    let put = |i: usize, node: u64| {
+        let bytes = encoded.get(i).cloned().unwrap_or_default();
+        let index = locations.get(i).map_or(0, |l| l.0);
         async move {
-            let node = holder?;
-            let info = state.map.node(node)?;
-            let client = gw.cluster.client(info).ok()?;
-            match client.put_shard(bytes, false).await {
-                Ok(_) => {
-                    gw.cluster.cleared(node);
-                    Some(node)
-                }
-                Err(e) => {
-                    metrics::counter!("kura_gateway_shard_write_failures_total").increment(1);
-                    tracing::warn!(node, segment = seg_index, shard = index, error = %e, "shard write failed");
-                    gw.cluster.suspect(node, "a shard write failed");
-                    None
-                }
-            }
+            let ok = match state.map.node(node).map(|info| gw.cluster.client(info)) {
+                Some(Ok(client)) => match client.put_shard(bytes, false).await {
+                    Ok(_) => {
+                        gw.cluster.cleared(node);
+                        true
+                    }
+                    Err(e) => {
+                        metrics::counter!("kura_gateway_shard_write_failures_total").increment(1);
+                        tracing::warn!(node, segment = seg_index, shard = index, error = %e, "shard write failed");
+                        gw.cluster.suspect(node, "a shard write failed");
+                        false
+                    }
+                },
+                _ => false,
+            };
+            (i, node, ok)
         }
-    });
+    };
+    // Every node asked for a shard of this segment (no node may hold two).
+    let mut asked: Vec<u64> = Vec::new();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for (i, (index, _, _)) in locations.iter().enumerate() {
+        if let Some(node) = placement.holder(*index) {
+            asked.push(node);
+            pending.push(put(i, node));
+        }
+    }
     // Once enough shards are durable for the segment to be readable and
     // to survive one more loss, the others get a short grace, then count
     // as unplaced (repair places them): a storage node that holds its
-    // connections but never answers (hung, not dead) must not hold up
+    // connections but never answers (hung, or cut off) must not hold up
     // every store for a whole call timeout. Found by the chaos suite.
-    let total = ec.total_shards();
+    // Before that, a shard whose put failed, or is still unanswered after
+    // STALL, goes to another node once.
     let needed_now = usize::from(ec.data_shards) + usize::from(ec.parity_shards > 0);
-    let mut pending: futures::stream::FuturesUnordered<_> = puts
-        .enumerate()
-        .map(|(i, put)| async move { (i, put.await) })
-        .collect();
+    let started = tokio::time::Instant::now();
     let mut holders: Vec<Option<u64>> = vec![None; total];
-    let mut answered = vec![false; total];
+    let mut replaced = vec![false; total];
     let mut durable = 0usize;
     let mut grace_end: Option<tokio::time::Instant> = None;
+    let mut stall_at = Some(started + STALL);
     loop {
-        let next = match grace_end {
+        let deadline = match (grace_end, stall_at) {
+            (Some(g), _) => Some(g),
+            (None, s) => s,
+        };
+        let next = match deadline {
             None => futures::StreamExt::next(&mut pending).await,
-            Some(end) => {
-                match tokio::time::timeout_at(end, futures::StreamExt::next(&mut pending)).await {
+            Some(at) => {
+                match tokio::time::timeout_at(at, futures::StreamExt::next(&mut pending)).await {
                     Ok(n) => n,
-                    Err(_) => {
+                    Err(_) if grace_end.is_some() => {
                         tracing::warn!(
                             segment = seg_index,
                             stragglers = pending.len(),
@@ -819,27 +877,78 @@ async fn write_segment(
                         metrics::counter!("kura_gateway_shard_write_failures_total")
                             .increment(pending.len() as u64);
                         // The next stores place around them at once.
-                        for (done, (index, _, _)) in answered.iter().zip(&locations) {
-                            if let (false, Some(node)) = (*done, placement.holder(*index)) {
+                        for (i, h) in holders.iter().enumerate() {
+                            if h.is_none()
+                                && let Some(node) =
+                                    locations.get(i).and_then(|l| placement.holder(l.0))
+                            {
                                 gw.cluster
                                     .suspect(node, "a shard write missed the straggler grace");
                             }
                         }
                         break;
                     }
+                    Err(_) => {
+                        // Stalled before enough shards were durable: the
+                        // unanswered shards go to other nodes too.
+                        stall_at = None;
+                        for i in 0..total {
+                            if holders[i].is_some() || replaced[i] {
+                                continue;
+                            }
+                            if let Some(node) = locations.get(i).and_then(|l| placement.holder(l.0))
+                            {
+                                gw.cluster.suspect(node, "a shard write stalled");
+                            }
+                            if let Some(alt) = another_node(gw, state, &key, seg_index, i, &asked) {
+                                replaced[i] = true;
+                                asked.push(alt);
+                                metrics::counter!("kura_gateway_shard_writes_replaced_total")
+                                    .increment(1);
+                                pending.push(put(i, alt));
+                            }
+                        }
+                        continue;
+                    }
                 }
             }
         };
-        let Some((i, holder)) = next else { break };
-        if let Some(a) = answered.get_mut(i) {
-            *a = true;
-        }
-        if let (Some(node), Some(slot)) = (holder, holders.get_mut(i)) {
-            *slot = Some(node);
-            durable += 1;
-            if durable >= needed_now && grace_end.is_none() {
-                grace_end = Some(tokio::time::Instant::now() + gw.config.straggler_grace);
+        let Some((i, node, ok)) = next else { break };
+        if !ok {
+            // A failed put goes to another node at once (once).
+            if holders.get(i).is_some_and(Option::is_none)
+                && !replaced.get(i).copied().unwrap_or(true)
+                && grace_end.is_none()
+                && let Some(alt) = another_node(gw, state, &key, seg_index, i, &asked)
+            {
+                replaced[i] = true;
+                asked.push(alt);
+                metrics::counter!("kura_gateway_shard_writes_replaced_total").increment(1);
+                pending.push(put(i, alt));
             }
+            continue;
+        }
+        let Some(slot) = holders.get_mut(i) else {
+            continue;
+        };
+        if slot.is_some() {
+            // The stalled put landed after all: a spare copy, unreferenced
+            // by the manifest, reclaimed after the orphan grace.
+            continue;
+        }
+        *slot = Some(node);
+        durable += 1;
+        if durable >= needed_now && grace_end.is_none() {
+            // Stragglers get three times what the first k + 1 shards took
+            // (a loaded but healthy node keeps up), at least
+            // STRAGGLER_GRACE_MIN, at most the configured grace.
+            let grace = (started.elapsed() * 3)
+                .max(STRAGGLER_GRACE_MIN)
+                .min(gw.config.straggler_grace);
+            grace_end = Some(tokio::time::Instant::now() + grace);
+        }
+        if holders.iter().all(Option::is_some) {
+            break;
         }
     }
     drop(pending);

@@ -40,8 +40,9 @@ pub struct GatewayConfig {
     pub shard_call_timeout: Duration,
     /// How long a fetched cluster map is used before it is fetched again.
     pub map_refresh: Duration,
-    /// Once k + 1 shards of a segment are durable, how long the remaining
-    /// shard writes may take before they count as unplaced.
+    /// Once k + 1 shards of a segment are durable, the longest the
+    /// remaining shard writes may take before they count as unplaced
+    /// (they get three times what the first k + 1 took, at least 300 ms).
     pub straggler_grace: Duration,
     /// Run the repair loop in this gateway (`None`: another gateway does).
     pub repair: Option<RepairConfig>,
@@ -90,7 +91,7 @@ impl GatewayConfig {
             meta_endpoints,
             site: None,
             store_deadline: Duration::from_secs(30 * 60),
-            read_hedge_after: Duration::from_millis(500),
+            read_hedge_after: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
             shard_call_timeout: Duration::from_secs(30),
             map_refresh: Duration::from_secs(2),
@@ -100,7 +101,7 @@ impl GatewayConfig {
             stale_read_attempt: Duration::from_millis(300),
             manifest_cache_entries: 20_000,
             manifest_cache_ttl: Duration::from_secs(10),
-            read_audit_wait: Duration::from_millis(200),
+            read_audit_wait: Duration::from_millis(50),
             local_shards: kura_proto::local::LocalShards::default(),
         }
     }

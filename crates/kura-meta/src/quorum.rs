@@ -13,7 +13,10 @@
 //! shortest time a follower waits before an election (the leader lease
 //! plus the minimum election timeout), so an isolated voter turns its
 //! elections off before its first one. Followers of a live majority keep
-//! theirs and elect a new leader when the old one goes silent.
+//! theirs and elect a new leader when the old one goes silent; a follower
+//! whose leader stops answering its probes while a quorum of the others
+//! still answer campaigns at once (a leader cut off one way still sends
+//! heartbeats, so the followers' timers would never fire).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,6 +35,12 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(200);
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// A voter counts as reachable this long after it last answered.
 pub const FRESH: Duration = Duration::from_millis(900);
+/// A voter that could not reach a quorum does not campaign against its
+/// leader for this long after it can again.
+pub const REJOIN_QUIET: Duration = Duration::from_secs(5);
+/// How much longer each follower (by id) waits than the one before it
+/// before it campaigns against a leader that stopped answering.
+pub const STAGGER: Duration = Duration::from_millis(250);
 
 /// Starts the prober of voter `id`; it ends with the node (abort it).
 pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()> {
@@ -39,6 +48,13 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
         let client = MetaClient::with_timeouts(Vec::new(), transport, PROBE_TIMEOUT, PROBE_TIMEOUT);
         let mut answered: HashMap<u64, Instant> = HashMap::new();
         let mut electing = true;
+        let mut last_trigger: Option<Instant> = None;
+        // No verdict on the leader before this voter has reached a quorum
+        // for a while: at start, and after it was cut off itself (then
+        // its connection to the leader may take seconds longer to recover
+        // than those to the others, and its campaign would depose a
+        // healthy leader).
+        let mut quiet_since = Instant::now();
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -68,12 +84,49 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
                     answered.insert(peer, now);
                 }
             }
+            let quorum = voters.len() / 2 + 1;
+            // A follower whose leader stopped answering while a quorum
+            // still does (the leader's site black-holed, or cut one way
+            // so that its heartbeats still arrive but nothing it is sent
+            // does): campaign now rather than after the lease and the
+            // election timeout. Once per FRESH at most.
+            let leader = metrics.current_leader;
+            // Each follower waits a little longer than FRESH, by its id, so
+            // that two followers do not split the vote by campaigning in
+            // the same round.
+            let silent_for = FRESH + STAGGER * u32::try_from(id % 4).unwrap_or(0);
+            if let Some(l) = leader
+                && l != id
+                && peers.iter().any(|(p, _)| *p == l)
+                && answered.get(&l).is_none_or(|t| t.elapsed() >= silent_for)
+                && last_trigger.is_none_or(|t: Instant| t.elapsed() >= FRESH)
+            {
+                let others = 1 + peers
+                    .iter()
+                    .filter(|(p, _)| *p != l)
+                    .filter(|(p, _)| answered.get(p).is_some_and(|t| t.elapsed() < FRESH))
+                    .count();
+                if others >= quorum && quiet_since.elapsed() >= REJOIN_QUIET {
+                    last_trigger = Some(Instant::now());
+                    tracing::warn!(
+                        voter = id,
+                        leader = l,
+                        "the leader does not answer, the others do: campaigning"
+                    );
+                    metrics::counter!("kura_meta_elections_triggered_total").increment(1);
+                    if let Err(e) = raft.trigger().elect().await {
+                        tracing::warn!(error = %e, "could not start an election");
+                    }
+                }
+            }
             let reachable = 1 + peers
                 .iter()
                 .filter(|(p, _)| answered.get(p).is_some_and(|t| t.elapsed() < FRESH))
                 .count();
-            let quorum = voters.len() / 2 + 1;
             let can_win = reachable >= quorum;
+            if !can_win {
+                quiet_since = Instant::now();
+            }
             if can_win != electing {
                 electing = can_win;
                 raft.runtime_config().elect(can_win);

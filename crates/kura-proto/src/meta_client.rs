@@ -35,11 +35,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(25);
 /// long (plus a second per MiB of payload) before the client tries
 /// another voter: a leader cut off by dropped packets must not hold every
 /// write for the whole attempt timeout while the others elect a new one.
-const LEADER_ATTEMPT_SHORT: Duration = Duration::from_secs(1);
+const LEADER_ATTEMPT_SHORT: Duration = Duration::from_millis(600);
 /// An endpoint that timed out or refused the connection is tried last
 /// for this long.
 const AVOID_FOR: Duration = Duration::from_secs(5);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Why a metadata call failed.
 #[derive(Debug, thiserror::Error)]
