@@ -1,4 +1,4 @@
-//! The seven chaos scenarios. Each builds its own cluster of real
+//! The eight chaos scenarios. Each builds its own cluster of real
 //! `kura server` processes (3 sites x 3 nodes, one network namespace per
 //! site, RS(3,3)), runs the seeded workload, injects its fault, heals, and
 //! checks the recorded history. They run one at a time (a global lock) and

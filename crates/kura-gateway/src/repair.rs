@@ -549,19 +549,9 @@ impl Worker {
     }
 
     async fn manifest(&self, tenant: &str, uid: &str) -> Result<Option<Manifest>, String> {
-        match self
-            .meta()
-            .query(&Query::GetManifest {
-                tenant: tenant.to_string(),
-                sop_instance_uid: uid.to_string(),
-                consistency: Consistency::Linearizable,
-            })
+        crate::retrieve::leader_manifest(&self.inner, tenant, uid)
             .await
-        {
-            Ok(QueryResult::Manifest(m)) => Ok(m.map(|b| *b)),
-            Ok(other) => Err(format!("unexpected answer to GetManifest: {other:?}")),
-            Err(e) => Err(e.to_string()),
-        }
+            .map_err(|e| e.to_string())
     }
 
     /// Asks `target` to rebuild `want` of one segment; answers the bytes

@@ -195,3 +195,22 @@ pub fn corpus() -> Vec<(String, bool, String)> {
         })
         .collect()
 }
+
+/// The manifest of `uid` in [`TENANT`], as the leader has it.
+pub async fn manifest(
+    meta: &kura_proto::meta_client::MetaClient,
+    uid: &str,
+) -> kura_placement::Manifest {
+    use kura_proto::meta::{Consistency, Query, QueryResult};
+    match meta
+        .query(&Query::GetManifest {
+            tenant: TENANT.into(),
+            sop_instance_uid: uid.into(),
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::Manifest(Some(m))) => *m,
+        other => panic!("manifest of {uid}: {other:?}"),
+    }
+}

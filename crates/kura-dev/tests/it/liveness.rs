@@ -9,7 +9,7 @@ use kura_placement::NodeState;
 use kura_proto::meta::{Consistency, Query, QueryResult};
 use kura_proto::meta_client::MetaClient;
 
-use crate::harness::{Cluster, TENANT, retrieve, store};
+use crate::harness::{Cluster, TENANT, manifest, retrieve, store};
 
 async fn state_of(meta: &MetaClient, id: u64) -> Option<NodeState> {
     match meta
@@ -117,7 +117,7 @@ async fn a_failed_shard_write_goes_to_another_node() {
         };
         let bytes = synthetic(&s, 200 * 1024, n);
         store(&mut client, TENANT, &bytes).await.expect("store");
-        let m = manifest_of(&meta, &s.sop).await;
+        let m = manifest(&meta, &s.sop).await;
         let holders: Vec<_> = m.segments[0].shards.iter().map(|s| s.node).collect();
         assert!(
             holders.iter().all(|h| h.is_some_and(|id| id != 5)),
@@ -134,18 +134,4 @@ async fn a_failed_shard_write_goes_to_another_node() {
         "the detector has not marked it down"
     );
     c.dev.shutdown().await;
-}
-
-async fn manifest_of(meta: &MetaClient, uid: &str) -> kura_placement::Manifest {
-    match meta
-        .query(&Query::GetManifest {
-            tenant: TENANT.into(),
-            sop_instance_uid: uid.into(),
-            consistency: Consistency::Linearizable,
-        })
-        .await
-    {
-        Ok(QueryResult::Manifest(Some(m))) => *m,
-        other => panic!("manifest of {uid}: {other:?}"),
-    }
 }

@@ -11,7 +11,7 @@ use kura_proto::meta::{Consistency, Query, QueryResult};
 use kura_proto::meta_client::MetaClient;
 use kura_proto::shards_client::ShardId;
 
-use crate::harness::{Cluster, TENANT, retrieve, store};
+use crate::harness::{Cluster, TENANT, manifest, retrieve, store};
 
 fn fast(cfg: &mut kura_dev::DevConfig) {
     cfg.report_interval = Duration::from_millis(200);
@@ -21,20 +21,6 @@ fn fast(cfg: &mut kura_dev::DevConfig) {
         idle_interval: Duration::from_millis(300),
         ..RepairConfig::default()
     });
-}
-
-async fn manifest(meta: &MetaClient, uid: &str) -> Manifest {
-    match meta
-        .query(&Query::GetManifest {
-            tenant: TENANT.into(),
-            sop_instance_uid: uid.into(),
-            consistency: Consistency::Linearizable,
-        })
-        .await
-    {
-        Ok(QueryResult::Manifest(Some(m))) => *m,
-        other => panic!("manifest of {uid}: {other:?}"),
-    }
 }
 
 async fn on_node(meta: &MetaClient, node: u64) -> usize {
