@@ -267,6 +267,7 @@ async fn receive(
         )
         .await
         .map_err(meta_error)?;
+    tracing::debug!(sop_instance_uid = %uid, "store: already-stored check answered");
     let QueryResult::Manifest(existing) = existing else {
         return Err(GatewayError::Internal(
             "unexpected answer to GetManifest".into(),
@@ -316,6 +317,7 @@ async fn receive(
 
     // 3. New: validate, encode, place and write as the bytes arrive.
     let state = gw.cluster.state().await?;
+    tracing::debug!(sop_instance_uid = %uid, "store: cluster map in hand");
     let nonce: [u8; 32] = header.expected_blake3.unwrap_or_else(rand::random);
     let object_key = derive_object_key(&header.tenant, &uid, &nonce);
     // Nodes that just failed a call are left out while the failure
@@ -757,6 +759,7 @@ fn another_node(
     segment: u32,
     i: usize,
     asked: &[u64],
+    away_from: &[String],
 ) -> Option<u64> {
     let map = gw
         .cluster
@@ -766,15 +769,25 @@ fn another_node(
         .ok()
         .map(|p| p.place(key, segment))
         .and_then(|p| u8::try_from(i).ok().and_then(|i| p.holder(i)));
-    preferred
+    let writable = map
+        .nodes
+        .values()
+        .filter(|n| n.state.writable())
+        .map(|n| n.id);
+    let candidates: Vec<u64> = preferred
         .into_iter()
-        .chain(
-            map.nodes
-                .values()
-                .filter(|n| n.state.writable())
-                .map(|n| n.id),
-        )
-        .find(|n| !asked.contains(n))
+        .chain(writable)
+        .filter(|n| !asked.contains(n))
+        .collect();
+    let away = |n: &u64| {
+        map.node(*n)
+            .is_some_and(|info| away_from.contains(&info.site))
+    };
+    candidates
+        .iter()
+        .find(|n| !away(n))
+        .or_else(|| candidates.first())
+        .copied()
 }
 
 /// The shortest time stragglers get once k + 1 shards of a segment are
@@ -837,10 +850,13 @@ async fn write_segment(
     };
     // Every node asked for a shard of this segment (no node may hold two).
     let mut asked: Vec<u64> = Vec::new();
+    // Puts not answered yet: (shard, node).
+    let mut owing: Vec<(usize, u64)> = Vec::new();
     let mut pending = futures::stream::FuturesUnordered::new();
     for (i, (index, _, _)) in locations.iter().enumerate() {
         if let Some(node) = placement.holder(*index) {
             asked.push(node);
+            owing.push((i, node));
             pending.push(put(i, node));
         }
     }
@@ -858,6 +874,7 @@ async fn write_segment(
     let mut durable = 0usize;
     let mut grace_end: Option<tokio::time::Instant> = None;
     let mut stall_at = Some(started + STALL);
+    let mut stalled = false;
     loop {
         let deadline = match (grace_end, stall_at) {
             (Some(g), _) => Some(g),
@@ -877,32 +894,44 @@ async fn write_segment(
                         metrics::counter!("kura_gateway_shard_write_failures_total")
                             .increment(pending.len() as u64);
                         // The next stores place around them at once.
-                        for (i, h) in holders.iter().enumerate() {
-                            if h.is_none()
-                                && let Some(node) =
-                                    locations.get(i).and_then(|l| placement.holder(l.0))
-                            {
-                                gw.cluster
-                                    .suspect(node, "a shard write missed the straggler grace");
-                            }
+                        for &(_, node) in &owing {
+                            gw.cluster
+                                .suspect(node, "a shard write missed the straggler grace");
                         }
                         break;
                     }
                     Err(_) => {
-                        // Stalled before enough shards were durable: the
-                        // unanswered shards go to other nodes too.
-                        stall_at = None;
-                        for i in 0..total {
-                            if holders[i].is_some() || replaced[i] {
-                                continue;
-                            }
-                            if let Some(node) = locations.get(i).and_then(|l| placement.holder(l.0))
-                            {
+                        // Stalled before enough shards were durable: every
+                        // node still owing an answer is suspect, and the
+                        // shards without a holder go to other nodes too
+                        // (away from the stalled nodes' sites where it can:
+                        // a site cut off takes all its nodes). Again after
+                        // another STALL if that did not do it either.
+                        stall_at = Some(tokio::time::Instant::now() + STALL);
+                        stalled = true;
+                        for &(i, node) in &owing {
+                            if holders.get(i).is_some_and(Option::is_none) {
                                 gw.cluster.suspect(node, "a shard write stalled");
                             }
-                            if let Some(alt) = another_node(gw, state, &key, seg_index, i, &asked) {
-                                replaced[i] = true;
+                        }
+                        let away: Vec<String> = owing
+                            .iter()
+                            .filter_map(|&(_, n)| state.map.node(n).map(|n| n.site.clone()))
+                            .collect();
+                        let homeless: Vec<usize> = holders
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, h)| {
+                                h.is_none() && owing.iter().filter(|o| o.0 == *i).count() <= 1
+                            })
+                            .map(|(i, _)| i)
+                            .collect();
+                        for i in homeless {
+                            if let Some(alt) =
+                                another_node(gw, state, &key, seg_index, i, &asked, &away)
+                            {
                                 asked.push(alt);
+                                owing.push((i, alt));
                                 metrics::counter!("kura_gateway_shard_writes_replaced_total")
                                     .increment(1);
                                 pending.push(put(i, alt));
@@ -914,15 +943,17 @@ async fn write_segment(
             }
         };
         let Some((i, node, ok)) = next else { break };
+        owing.retain(|&o| o != (i, node));
         if !ok {
             // A failed put goes to another node at once (once).
             if holders.get(i).is_some_and(Option::is_none)
                 && !replaced.get(i).copied().unwrap_or(true)
                 && grace_end.is_none()
-                && let Some(alt) = another_node(gw, state, &key, seg_index, i, &asked)
+                && let Some(alt) = another_node(gw, state, &key, seg_index, i, &asked, &[])
             {
                 replaced[i] = true;
                 asked.push(alt);
+                owing.push((i, alt));
                 metrics::counter!("kura_gateway_shard_writes_replaced_total").increment(1);
                 pending.push(put(i, alt));
             }
@@ -942,9 +973,14 @@ async fn write_segment(
             // Stragglers get three times what the first k + 1 shards took
             // (a loaded but healthy node keeps up), at least
             // STRAGGLER_GRACE_MIN, at most the configured grace.
-            let grace = (started.elapsed() * 3)
-                .max(STRAGGLER_GRACE_MIN)
-                .min(gw.config.straggler_grace);
+            let grace = if stalled {
+                // After a stall the stragglers already had their time.
+                STRAGGLER_GRACE_MIN
+            } else {
+                (started.elapsed() * 3)
+                    .max(STRAGGLER_GRACE_MIN)
+                    .min(gw.config.straggler_grace)
+            };
             grace_end = Some(tokio::time::Instant::now() + grace);
         }
         if holders.iter().all(Option::is_some) {

@@ -12,7 +12,9 @@
 //! was and it rejoins as a follower. [`FRESH`] is shorter than the
 //! shortest time a follower waits before an election (the leader lease
 //! plus the minimum election timeout), so an isolated voter turns its
-//! elections off before its first one. Followers of a live majority keep
+//! elections off before its first one, and turns them back on only after
+//! a quorum has answered for [`REJOIN_QUIET`] (by then the leader's
+//! heartbeats reset its long-expired election timer). Followers of a live majority keep
 //! theirs and elect a new leader when the old one goes silent; a follower
 //! whose leader stops answering its probes while a quorum of the others
 //! still answer campaigns at once (a leader cut off one way still sends
@@ -55,6 +57,8 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
         // than those to the others, and its campaign would depose a
         // healthy leader).
         let mut quiet_since = Instant::now();
+        // The first probes are still on their way: no verdict before.
+        let started = Instant::now();
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -127,10 +131,19 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
             if !can_win {
                 quiet_since = Instant::now();
             }
-            if can_win != electing {
-                electing = can_win;
-                raft.runtime_config().elect(can_win);
-                if can_win {
+            if started.elapsed() < REJOIN_QUIET {
+                continue;
+            }
+            // Back on only after a quorum has answered for REJOIN_QUIET:
+            // by then the leader's heartbeats reach this voter again and
+            // reset its election timer; turned on at once, its timer (long
+            // expired while it was cut off) would fire before they arrive
+            // and its campaign would depose the leader (seen in scenario 8).
+            let want = can_win && (electing || quiet_since.elapsed() >= REJOIN_QUIET);
+            if want != electing {
+                electing = want;
+                raft.runtime_config().elect(want);
+                if want {
                     tracing::info!(
                         voter = id,
                         reachable,
@@ -145,7 +158,7 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
                     );
                 }
                 metrics::gauge!("kura_meta_elections_enabled", "voter" => id.to_string())
-                    .set(f64::from(u8::from(can_win)));
+                    .set(f64::from(u8::from(want)));
             }
         }
     })
