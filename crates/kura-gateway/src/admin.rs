@@ -116,6 +116,17 @@ impl AdminService {
     }
 
     /// Every token record, as the leader has them.
+    /// This gateway knows a token change at once; the others within a
+    /// refresh period.
+    async fn refresh_tokens(&self) {
+        let _ = self
+            .inner
+            .gate
+            .tokens
+            .refresh(self.inner.cluster.meta())
+            .await;
+    }
+
     async fn tokens(&self) -> Result<Vec<kura_proto::meta::TokenRecord>, GatewayError> {
         match self
             .query(Query::ListTokens {
@@ -829,14 +840,7 @@ impl Admin for AdminService {
             let (secret, hash) = crate::tokens::new_secret();
             let record = crate::tokens::record(hash, &tenant, roles, &req.label, &caller.who());
             self.propose(Command::PutToken(record.clone())).await?;
-            // This gateway knows the token at once; the others within
-            // a refresh.
-            let _ = self
-                .inner
-                .gate
-                .tokens
-                .refresh(self.inner.cluster.meta())
-                .await;
+            self.refresh_tokens().await;
             Ok(pb::CreateTokenResponse {
                 secret,
                 token: Some(token_info(&record)),
@@ -888,19 +892,15 @@ impl Admin for AdminService {
                     message: format!("no token {}", req.id),
                 });
             };
+            let now = kura_proto::audit::now_ms();
             self.propose(Command::RevokeToken {
                 id: t.id.clone(),
-                revoked_unix_ms: kura_proto::audit::now_ms(),
+                revoked_unix_ms: now,
             })
             .await?;
-            let _ = self
-                .inner
-                .gate
-                .tokens
-                .refresh(self.inner.cluster.meta())
-                .await;
+            self.refresh_tokens().await;
             let mut t = t;
-            t.revoked_unix_ms = Some(t.revoked_unix_ms.unwrap_or_else(kura_proto::audit::now_ms));
+            t.revoked_unix_ms = Some(t.revoked_unix_ms.unwrap_or(now));
             Ok(token_info(&t))
         }
         .await;

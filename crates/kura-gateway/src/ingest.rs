@@ -30,7 +30,7 @@ use kura_placement::{
     MANIFEST_FORMAT_VERSION, Manifest, Placer, Protection, SegmentManifest, ShardLocation,
     derive_object_key, protection_of,
 };
-use kura_proto::meta::{Applied, Command, Consistency, Query, QueryResult, Rejected};
+use kura_proto::meta::{Applied, Command, Rejected};
 use kura_proto::meta_client::Retry;
 use kura_proto::shards_client::ShardId;
 use kura_proto::v1::{StoreHeader, StoreRequest, StoreResponse, store_request};
@@ -254,25 +254,7 @@ async fn receive(
     // write-once, so a stale "stored" is true, and a store a stale voter
     // has not seen yet is caught when the manifest is committed
     // (identical: already stored; different: conflict).
-    let existing = gw
-        .cluster
-        .meta()
-        .query_any(
-            &Query::GetManifest {
-                tenant: header.tenant.clone(),
-                sop_instance_uid: uid.clone(),
-                consistency: Consistency::Stale,
-            },
-            gw.config.stale_read_attempt,
-        )
-        .await
-        .map_err(meta_error)?;
-    tracing::debug!(sop_instance_uid = %uid, "store: already-stored check answered");
-    let QueryResult::Manifest(existing) = existing else {
-        return Err(GatewayError::Internal(
-            "unexpected answer to GetManifest".into(),
-        ));
-    };
+    let existing = crate::manifests::from_any_voter(gw, &header.tenant, &uid).await?;
     if let Some(existing) = existing {
         // Hash what arrives; validate it too, so that a broken instance is
         // refused as such even when its UID is taken.
@@ -317,7 +299,6 @@ async fn receive(
 
     // 3. New: validate, encode, place and write as the bytes arrive.
     let state = gw.cluster.state().await?;
-    tracing::debug!(sop_instance_uid = %uid, "store: cluster map in hand");
     let nonce: [u8; 32] = header.expected_blake3.unwrap_or_else(rand::random);
     let object_key = derive_object_key(&header.tenant, &uid, &nonce);
     // Nodes that just failed a call are left out while the failure
@@ -741,9 +722,6 @@ impl Pipeline {
     }
 }
 
-/// Places one segment and writes its shards in parallel. Succeeds when at
-/// least k + 1 shards (k when m is 0) are durable; the others are recorded
-/// as unplaced, which makes the instance under-protected.
 /// How long a segment's shard writes may go without k + 1 of them durable
 /// before the unanswered ones are sent to other nodes as well.
 const STALL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -794,6 +772,9 @@ fn another_node(
 /// durable (see `write_segment`).
 const STRAGGLER_GRACE_MIN: std::time::Duration = std::time::Duration::from_millis(300);
 
+/// Places one segment and writes its shards in parallel. Succeeds when at
+/// least k + 1 shards (k when m is 0) are durable; the others are recorded
+/// as unplaced, which makes the instance under-protected.
 async fn write_segment(
     gw: &Arc<Inner>,
     state: &Arc<ClusterState>,

@@ -1,4 +1,6 @@
-//! The gateway's cache of the manifests it committed or read.
+//! The gateway's cache of the manifests it committed or read, and the two
+//! ways to read one from the metadata cluster: from the leader
+//! ([`from_leader`]) or from any voter's applied state ([`from_any_voter`]).
 //!
 //! A Retrieve or Stat of a cached instance asks no voter at all: repeated
 //! reads of a study (a viewer paging through it, a PACS prefetching it)
@@ -16,7 +18,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kura_placement::Manifest;
+use kura_proto::meta::{Consistency, Query, QueryResult};
 use lru::LruCache;
+
+use crate::cluster::meta_error;
+use crate::error::GatewayError;
+use crate::server::Inner;
 
 type Key = (String, String);
 type Entries = LruCache<Key, (Arc<Manifest>, Instant)>;
@@ -87,6 +94,52 @@ impl ManifestCache {
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop(&(tenant.to_owned(), uid.to_owned()));
         }
+    }
+}
+
+/// The manifest of `uid` in `tenant` as the leader has it (a
+/// linearizable read); `None` when the instance does not exist there.
+pub(crate) async fn from_leader(
+    gw: &Inner,
+    tenant: &str,
+    uid: &str,
+) -> Result<Option<Manifest>, GatewayError> {
+    read(gw, tenant, uid, Consistency::Linearizable).await
+}
+
+/// The manifest of `uid` in `tenant` from any voter's applied state (the
+/// one that answered last first): no election in the way, but a store the
+/// voter has not applied yet is missing.
+pub(crate) async fn from_any_voter(
+    gw: &Inner,
+    tenant: &str,
+    uid: &str,
+) -> Result<Option<Manifest>, GatewayError> {
+    read(gw, tenant, uid, Consistency::Stale).await
+}
+
+async fn read(
+    gw: &Inner,
+    tenant: &str,
+    uid: &str,
+    consistency: Consistency,
+) -> Result<Option<Manifest>, GatewayError> {
+    let query = Query::GetManifest {
+        tenant: tenant.to_string(),
+        sop_instance_uid: uid.to_string(),
+        consistency,
+    };
+    let meta = gw.cluster.meta();
+    let answer = match consistency {
+        Consistency::Linearizable => meta.query(&query).await,
+        Consistency::Stale => meta.query_any(&query, gw.config.stale_read_attempt).await,
+    }
+    .map_err(meta_error)?;
+    match answer {
+        QueryResult::Manifest(m) => Ok(m.map(|m| *m)),
+        other => Err(GatewayError::Internal(format!(
+            "unexpected answer to GetManifest: {other:?}"
+        ))),
     }
 }
 

@@ -549,7 +549,7 @@ impl Worker {
     }
 
     async fn manifest(&self, tenant: &str, uid: &str) -> Result<Option<Manifest>, String> {
-        crate::retrieve::leader_manifest(&self.inner, tenant, uid)
+        crate::manifests::from_leader(&self.inner, tenant, uid)
             .await
             .map_err(|e| e.to_string())
     }

@@ -17,7 +17,6 @@ use futures::StreamExt;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use kura_erasure::{ErasureError, SegmentCodec, SegmentExpectation};
 use kura_placement::{Manifest, read_plan};
-use kura_proto::meta::{Consistency, Query, QueryResult};
 use kura_proto::shards_client::ShardId;
 use kura_proto::v1::{RetrieveResponse, retrieve_response};
 use tokio::sync::mpsc;
@@ -53,31 +52,6 @@ struct Gone;
 
 async fn send(tx: &Sink, msg: Result<RetrieveResponse, Status>) -> Result<(), Gone> {
     tx.send(msg).await.map_err(|_| Gone)
-}
-
-/// The manifest as the leader has it (a linearizable read): `None` when
-/// the instance does not exist in `tenant`.
-pub(crate) async fn leader_manifest(
-    gw: &Inner,
-    tenant: &str,
-    uid: &str,
-) -> Result<Option<Manifest>, GatewayError> {
-    let answer = gw
-        .cluster
-        .meta()
-        .query(&Query::GetManifest {
-            tenant: tenant.to_string(),
-            sop_instance_uid: uid.to_string(),
-            consistency: Consistency::Linearizable,
-        })
-        .await
-        .map_err(crate::cluster::meta_error)?;
-    match answer {
-        QueryResult::Manifest(m) => Ok(m.map(|m| *m)),
-        other => Err(GatewayError::Internal(format!(
-            "unexpected answer to GetManifest: {other:?}"
-        ))),
-    }
 }
 
 async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> Result<(), Gone> {
@@ -125,7 +99,7 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
                     refreshed = true;
                     let (tenant, uid) = (&manifest.tenant, &manifest.sop_instance_uid);
                     gw.manifests.forget(tenant, uid);
-                    match leader_manifest(gw, tenant, uid).await {
+                    match crate::manifests::from_leader(gw, tenant, uid).await {
                         Ok(Some(fresh)) if fresh.segments != manifest.segments => {
                             tracing::debug!(
                                 sop_instance_uid = %manifest.sop_instance_uid,
@@ -280,21 +254,17 @@ async fn read_segment_with(
             out
         }
     };
-    let mut first: Vec<(u8, u64)> = Vec::new();
+    // Fetches launched and not answered yet, by node.
+    let mut waiting_on: Vec<u64> = Vec::new();
     for _ in 0..usize::from(k) {
-        if let Some(c) = candidates.next() {
-            first.push(c);
+        if let Some((shard, node)) = candidates.next() {
+            waiting_on.push(node);
+            inflight.push(launch(shard, node));
         }
     }
     let hedge = gw.config.read_hedge_after;
     let mut hedged = false;
-    // Fetches launched and not answered yet, by node.
-    let mut waiting_on: Vec<u64> = Vec::new();
     let mut attempts = 0;
-    for (shard, node) in first {
-        waiting_on.push(node);
-        inflight.push(launch(shard, node));
-    }
     let mut verify_each = false;
     let shard_ok = |shard: u8, bytes: &[u8]| {
         kura_erasure::Shard::verify(bytes).is_ok_and(|h| {

@@ -151,25 +151,12 @@ impl ArchiveService {
     }
 
     async fn manifest_uncached(&self, tenant: &str, uid: &str) -> Result<Manifest, GatewayError> {
-        let stale = self
-            .inner
-            .cluster
-            .meta()
-            .query_any(
-                &Query::GetManifest {
-                    tenant: tenant.to_string(),
-                    sop_instance_uid: uid.to_string(),
-                    consistency: Consistency::Stale,
-                },
-                self.inner.config.stale_read_attempt,
-            )
-            .await;
-        match stale {
-            Ok(QueryResult::Manifest(Some(m))) => return Ok(*m),
-            Ok(_) => {}
+        match crate::manifests::from_any_voter(&self.inner, tenant, uid).await {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "no voter answered a stale manifest read"),
         }
-        match crate::retrieve::leader_manifest(&self.inner, tenant, uid).await? {
+        match crate::manifests::from_leader(&self.inner, tenant, uid).await? {
             Some(m) => Ok(m),
             None => Err(GatewayError::NotFound {
                 resource_type: "instance",

@@ -57,7 +57,8 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
         // than those to the others, and its campaign would depose a
         // healthy leader).
         let mut quiet_since = Instant::now();
-        // The first probes are still on their way: no verdict before.
+        // No elections switched off in the first REJOIN_QUIET: the other
+        // voters may still be starting.
         let started = Instant::now();
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -89,6 +90,7 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
                 }
             }
             let quorum = voters.len() / 2 + 1;
+            let fresh = |p: &u64| answered.get(p).is_some_and(|t| t.elapsed() < FRESH);
             // A follower whose leader stopped answering while a quorum
             // still does (the leader's site black-holed, or cut one way
             // so that its heartbeats still arrive but nothing it is sent
@@ -105,11 +107,7 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
                 && answered.get(&l).is_none_or(|t| t.elapsed() >= silent_for)
                 && last_trigger.is_none_or(|t: Instant| t.elapsed() >= FRESH)
             {
-                let others = 1 + peers
-                    .iter()
-                    .filter(|(p, _)| *p != l)
-                    .filter(|(p, _)| answered.get(p).is_some_and(|t| t.elapsed() < FRESH))
-                    .count();
+                let others = 1 + peers.iter().filter(|(p, _)| *p != l && fresh(p)).count();
                 if others >= quorum && quiet_since.elapsed() >= REJOIN_QUIET {
                     last_trigger = Some(Instant::now());
                     tracing::warn!(
@@ -123,10 +121,7 @@ pub(crate) fn spawn(id: u64, raft: Raft, transport: Transport) -> JoinHandle<()>
                     }
                 }
             }
-            let reachable = 1 + peers
-                .iter()
-                .filter(|(p, _)| answered.get(p).is_some_and(|t| t.elapsed() < FRESH))
-                .count();
+            let reachable = 1 + peers.iter().filter(|(p, _)| fresh(p)).count();
             let can_win = reachable >= quorum;
             if !can_win {
                 quiet_since = Instant::now();
