@@ -212,6 +212,22 @@ impl MetaServer {
                     self.reader.objects_referenced(&keys)?,
                 ))
             }
+            Query::ShardsReferenced {
+                node,
+                shards,
+                consistency,
+            } => {
+                if shards.len() > OBJECT_KEYS_MAX {
+                    return Err(MetaError::InvalidArgument(format!(
+                        "at most {OBJECT_KEYS_MAX} shards per query, not {}",
+                        shards.len()
+                    )));
+                }
+                self.consistent(consistency).await?;
+                Ok(QueryResult::ShardsReferenced(
+                    self.reader.shards_referenced(node, &shards)?,
+                ))
+            }
             Query::ManifestsOnNode {
                 node,
                 after,

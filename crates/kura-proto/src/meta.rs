@@ -271,7 +271,21 @@ pub fn hex_prefix(hash: &[u8; 32]) -> String {
     hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The most object keys one `ObjectsReferenced` query may ask about.
+/// What the manifests say about one copy of a shard on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardReference {
+    /// No manifest references the shard's object (yet: a store writes its
+    /// shards before it commits the manifest).
+    NoManifest,
+    /// The object's manifest names this node as the shard's holder.
+    Held,
+    /// The object's manifest names another node (or none) for the shard:
+    /// this copy is a straggler put's, or was moved away by repair.
+    HeldElsewhere,
+}
+
+/// The most object keys one `ObjectsReferenced` (or shards one
+/// `ShardsReferenced`) query may ask about.
 pub const OBJECT_KEYS_MAX: usize = 4096;
 
 /// The most manifests one `PutManifests` command may carry.
@@ -440,6 +454,15 @@ pub enum Query {
     },
     /// Every token, revoked ones included.
     ListTokens { consistency: Consistency },
+    /// For each shard (object key, segment, shard index; at most
+    /// [`OBJECT_KEYS_MAX`]), whether a manifest names `node` as its holder:
+    /// storage nodes ask before they reclaim copies no manifest places on
+    /// them (a failed store's, a straggler put's, a moved shard's).
+    ShardsReferenced {
+        node: NodeId,
+        shards: Vec<([u8; 32], u32, u8)>,
+        consistency: Consistency,
+    },
 }
 
 /// The answer to a [`Query`].
@@ -478,6 +501,8 @@ pub enum QueryResult {
         next: Option<u64>,
     },
     Tokens(Vec<TokenRecord>),
+    /// One answer per asked shard, in order.
+    ShardsReferenced(Vec<ShardReference>),
 }
 
 /// A voter of the metadata cluster: its Raft id and the address of its

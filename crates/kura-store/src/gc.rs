@@ -1,25 +1,37 @@
-//! Orphan reclaim: shards that no manifest references are deleted once they
-//! are older than a grace period.
+//! Orphan reclaim: copies of shards that no manifest places on this node
+//! are deleted once they have been unreferenced for a grace period.
 //!
-//! A store writes its shards first and commits the manifest last, so a store
-//! that fails (client gone, gateway crash, a refusal after the data arrived)
-//! leaves shards behind. Every interval the node walks its index; for the
-//! shards older than the grace period it asks the metadata cluster, with a
-//! linearizable read, which of their object keys any manifest references,
-//! and deletes the shards of the others.
+//! Such copies come from three places: a store that failed after writing
+//! some shards (client gone, gateway crash, a refusal after the data
+//! arrived) leaves shards of an object no manifest names; a straggler put
+//! that landed after its segment was re-placed elsewhere leaves a copy the
+//! manifest does not count; a shard repair moved away stays on its old
+//! holder if the gateway that was to delete it died. Every interval the node
+//! walks its index and asks the metadata cluster, with a linearizable read,
+//! which (object, segment, index) the manifests place on this node.
 //!
-//! Safety rests on one rule the gateway keeps: a store finishes (commits or
-//! gives up) within its deadline, which is shorter than the grace period. A
-//! shard older than the grace period that no manifest references can then
-//! never become referenced. When the metadata cluster cannot answer, nothing
-//! is deleted.
+//! - A shard of an object **no manifest names** is deleted once it is older
+//!   than the grace period. Safe because a store finishes (commits or gives
+//!   up) within its deadline, shorter than the grace period: such a shard
+//!   can never become referenced.
+//! - A shard whose manifest names **another holder** is deleted once this
+//!   node has seen it so for the grace period (remembered in memory, so a
+//!   restart only starts the clock again) and it is older than the grace
+//!   period. The wait covers reads that fetched the manifest before a move
+//!   and still ask the old holder.
+//!
+//! Either way the delete is conditional on the copy not having been put
+//! again since the decision ([`ShardStore::delete_if_stored_before`]): a put
+//! of identical bytes restarts a copy's age, so a repair that rebuilds onto
+//! this node, finds the copy present and is about to record this node as
+//! the holder, never loses it to a sweep racing with it. When the metadata
+//! cluster cannot answer, nothing is deleted.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kura_erasure::ObjectKey;
-use kura_proto::meta::{Consistency, OBJECT_KEYS_MAX, Query, QueryResult};
+use kura_proto::meta::{Consistency, OBJECT_KEYS_MAX, Query, QueryResult, ShardReference};
 use kura_proto::meta_client::MetaClient;
 use kura_proto::shards_client::ShardId;
 use tokio::sync::oneshot;
@@ -31,7 +43,7 @@ use crate::store::ShardStore;
 pub const ORPHAN_GRACE_DEFAULT: Duration = Duration::from_secs(3600);
 /// Default time between two sweeps.
 pub const GC_INTERVAL_DEFAULT: Duration = Duration::from_secs(600);
-/// Shards examined per index page (and at most this many keys per query).
+/// Shards examined per index page (and at most this many per query).
 const PAGE: u32 = 1024;
 const _: () = assert!(PAGE as usize <= OBJECT_KEYS_MAX);
 
@@ -44,6 +56,18 @@ pub struct SweepStats {
     pub reclaimed: u64,
     /// Bytes those shards held.
     pub reclaimed_bytes: u64,
+    /// Copies whose manifest names another holder, still in their grace.
+    pub held_elsewhere: u64,
+}
+
+/// Orphan reclaim for one node: what it has seen across sweeps.
+pub struct Reclaimer {
+    node: u64,
+    store: Arc<ShardStore>,
+    meta: MetaClient,
+    grace: Duration,
+    /// When each copy held elsewhere was first seen so (unix ms).
+    elsewhere_since: HashMap<ShardId, i64>,
 }
 
 /// Starts the reclaim task; it ends when `stop` fires or its sender is
@@ -56,6 +80,7 @@ pub(crate) fn spawn(
     grace: Duration,
     mut stop: oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
+    let mut reclaimer = Reclaimer::new(node_id, store, meta, grace);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -69,7 +94,7 @@ pub(crate) fn spawn(
             }
             let outcome = tokio::select! {
                 _ = &mut stop => break,
-                r = sweep(&store, &meta, grace) => r,
+                r = reclaimer.sweep() => r,
             };
             match outcome {
                 Ok(stats) if stats.reclaimed > 0 => tracing::info!(
@@ -93,85 +118,108 @@ pub(crate) fn spawn(
     })
 }
 
-/// One pass over the whole index. Stops at the first error, having deleted
-/// only shards it had confirmed as orphans.
-pub async fn sweep(
-    store: &Arc<ShardStore>,
-    meta: &MetaClient,
-    grace: Duration,
-) -> Result<SweepStats, String> {
-    let cutoff = unix_ms(SystemTime::now())
-        .saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
-    let mut stats = SweepStats::default();
-    let mut after: Option<ShardId> = None;
-    loop {
-        let page = {
-            let store = Arc::clone(store);
-            let after = after;
-            tokio::task::spawn_blocking(move || store.list(after.as_ref(), PAGE))
-                .await
-                .map_err(|e| format!("index task failed: {e}"))?
-                .map_err(|e| format!("cannot list shards: {e}"))?
-        };
-        let Some(last) = page.last() else {
-            return Ok(stats);
-        };
-        after = Some(last.id);
-        stats.examined += page.len() as u64;
-        let old: Vec<_> = page
-            .into_iter()
-            .filter(|s| s.stored_at_unix_ms < cutoff)
-            .collect();
-        if old.is_empty() {
-            continue;
+impl Reclaimer {
+    pub fn new(node: u64, store: Arc<ShardStore>, meta: MetaClient, grace: Duration) -> Self {
+        Self {
+            node,
+            store,
+            meta,
+            grace,
+            elsewhere_since: HashMap::new(),
         }
-        let keys: Vec<ObjectKey> = old
-            .iter()
-            .map(|s| s.id.object_key)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let answer = meta
-            .query(&Query::ObjectsReferenced {
-                keys: keys.clone(),
-                consistency: Consistency::Linearizable,
-            })
-            .await
-            .map_err(|e| format!("metadata cluster: {e}"))?;
-        let QueryResult::ObjectsReferenced(referenced) = answer else {
-            return Err(format!(
-                "unexpected answer to ObjectsReferenced: {answer:?}"
-            ));
-        };
-        if referenced.len() != keys.len() {
-            return Err(format!(
-                "asked about {} object keys, got {} answers",
-                keys.len(),
-                referenced.len()
-            ));
-        }
-        let orphans: BTreeSet<ObjectKey> = keys
-            .into_iter()
-            .zip(referenced)
-            .filter_map(|(k, r)| (!r).then_some(k))
-            .collect();
-        for shard in old
-            .into_iter()
-            .filter(|s| orphans.contains(&s.id.object_key))
-        {
-            let store = Arc::clone(store);
-            let id = shard.id;
-            let existed = tokio::task::spawn_blocking(move || store.delete(&id))
+    }
+
+    /// One pass over the whole index. Stops at the first error, having
+    /// deleted only shards it had confirmed as orphans.
+    pub async fn sweep(&mut self) -> Result<SweepStats, String> {
+        let grace_ms = i64::try_from(self.grace.as_millis()).unwrap_or(i64::MAX);
+        let now = unix_ms(SystemTime::now());
+        let cutoff = now.saturating_sub(grace_ms);
+        let mut stats = SweepStats::default();
+        let mut after: Option<ShardId> = None;
+        let mut still_elsewhere = HashMap::new();
+        loop {
+            let page = {
+                let store = Arc::clone(&self.store);
+                let after = after;
+                tokio::task::spawn_blocking(move || store.list(after.as_ref(), PAGE))
+                    .await
+                    .map_err(|e| format!("index task failed: {e}"))?
+                    .map_err(|e| format!("cannot list shards: {e}"))?
+            };
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id);
+            stats.examined += page.len() as u64;
+            // Younger copies are safe whatever the manifests say.
+            let old: Vec<_> = page
+                .into_iter()
+                .filter(|s| s.stored_at_unix_ms < cutoff)
+                .collect();
+            if old.is_empty() {
+                continue;
+            }
+            let asked: Vec<_> = old
+                .iter()
+                .map(|s| (s.id.object_key, s.id.segment, s.id.index))
+                .collect();
+            let answer = self
+                .meta
+                .query(&Query::ShardsReferenced {
+                    node: self.node,
+                    shards: asked,
+                    consistency: Consistency::Linearizable,
+                })
                 .await
-                .map_err(|e| format!("delete task failed: {e}"))?
-                .map_err(|e| format!("cannot delete shard {}: {e}", shard.id))?;
-            if existed {
-                stats.reclaimed += 1;
-                stats.reclaimed_bytes += shard.length;
-                metrics::counter!("kura_store_orphan_shards_reclaimed_total").increment(1);
-                tracing::debug!(shard = %shard.id, "orphan shard reclaimed");
+                .map_err(|e| format!("metadata cluster: {e}"))?;
+            let QueryResult::ShardsReferenced(references) = answer else {
+                return Err(format!("unexpected answer to ShardsReferenced: {answer:?}"));
+            };
+            if references.len() != old.len() {
+                return Err(format!(
+                    "asked about {} shards, got {} answers",
+                    old.len(),
+                    references.len()
+                ));
+            }
+            for (shard, reference) in old.into_iter().zip(references) {
+                let reclaim = match reference {
+                    ShardReference::Held => false,
+                    ShardReference::NoManifest => true,
+                    ShardReference::HeldElsewhere => {
+                        let since = self.elsewhere_since.get(&shard.id).copied().unwrap_or(now);
+                        if now.saturating_sub(since) >= grace_ms {
+                            true
+                        } else {
+                            still_elsewhere.insert(shard.id, since);
+                            stats.held_elsewhere += 1;
+                            false
+                        }
+                    }
+                };
+                if !reclaim {
+                    continue;
+                }
+                let store = Arc::clone(&self.store);
+                let id = shard.id;
+                let deleted =
+                    tokio::task::spawn_blocking(move || store.delete_if_stored_before(&id, cutoff))
+                        .await
+                        .map_err(|e| format!("delete task failed: {e}"))?
+                        .map_err(|e| format!("cannot delete shard {}: {e}", shard.id))?;
+                if deleted {
+                    stats.reclaimed += 1;
+                    stats.reclaimed_bytes += shard.length;
+                    metrics::counter!("kura_store_orphan_shards_reclaimed_total").increment(1);
+                    tracing::debug!(shard = %shard.id, ?reference, "orphan shard reclaimed");
+                }
             }
         }
+        // Only what this sweep saw held elsewhere keeps its clock: a copy
+        // that became the holder again (or is gone) starts afresh.
+        self.elsewhere_since = still_elsewhere;
+        Ok(stats)
     }
 }
 

@@ -215,9 +215,19 @@ impl ShardStore {
                 if old.state == ShardState::Ok {
                     match self.read_verified(id, &old)? {
                         Ok(_) => {
+                            // The put is the caller's claim on this copy (a
+                            // rebuild about to record this node as holder):
+                            // restart its age, so orphan reclaim, which
+                            // deletes only copies older than its grace,
+                            // cannot take it between the put and the record.
+                            let touched = IndexEntry {
+                                stored_at_unix_ms: now_unix_ms(),
+                                ..old
+                            };
+                            self.put_entry(id, &touched)?;
                             tracing::debug!(shard = %id, length, "put of identical bytes: already present");
                             return Ok(PutOutcome {
-                                info: old.info(*id),
+                                info: touched.info(*id),
                                 already_present: true,
                             });
                         }
@@ -329,6 +339,25 @@ impl ShardStore {
 
     /// Removes shard `id` (quarantined or not); answers whether it existed.
     pub fn delete(&self, id: &ShardId) -> Result<bool, StoreError> {
+        self.delete_if(id, |_| true)
+    }
+
+    /// Removes shard `id` only if it was stored (or last put again) before
+    /// `cutoff_unix_ms`; answers whether it was removed. Orphan reclaim
+    /// deletes this way, so a put racing with its decision keeps the copy.
+    pub fn delete_if_stored_before(
+        &self,
+        id: &ShardId,
+        cutoff_unix_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.delete_if(id, |e| e.stored_at_unix_ms < cutoff_unix_ms)
+    }
+
+    fn delete_if(
+        &self,
+        id: &ShardId,
+        condition: impl FnOnce(&IndexEntry) -> bool,
+    ) -> Result<bool, StoreError> {
         let _guard = self
             .stripe(id)
             .write()
@@ -336,6 +365,9 @@ impl ShardStore {
         let Some(entry) = self.entry(id)? else {
             return Ok(false);
         };
+        if !condition(&entry) {
+            return Ok(false);
+        }
         self.db
             .delete_cf_opt(self.cf()?, index::key(id), &sync_write())?;
         // Unreferenced now; if the unlink fails the file is an orphan the

@@ -185,11 +185,56 @@ async fn orphan_shards_are_reclaimed_after_the_grace_period() {
             .await
             .expect("put orphan");
     }
-    assert_eq!(c.shard_count(), 12);
+    // A straggler's copy: shard 0 also on the node the manifest gives
+    // shard 1 (a put that landed after its segment was re-placed).
+    let m = crate::harness::manifest(&c.meta(), &s.sop).await;
+    let holder_of = |i: usize| m.segments[0].shards[i].node.expect("placed");
+    let addr_of = |id: u64| c.dev.storage_node(id).expect("node").addr().to_string();
+    let shard0 = ShardId {
+        object_key: m.object_key,
+        segment: 0,
+        index: 0,
+    };
+    let (_, copy) = c
+        .shards(&addr_of(holder_of(0)))
+        .get_shard(&shard0, None)
+        .await
+        .expect("read shard 0");
+    let elsewhere = c.shards(&addr_of(holder_of(1)));
+    elsewhere
+        .put_shard(copy, false)
+        .await
+        .expect("put the straggler copy");
+    assert_eq!(c.shard_count(), 13);
+    // The failed store's shards go first (older than the grace); the
+    // straggler copy is kept until it has been seen held elsewhere for the
+    // grace period too.
     eventually("orphans reclaimed", Duration::from_secs(30), || {
+        c.shard_count() <= 10
+    })
+    .await;
+    elsewhere
+        .stat_shard(&shard0)
+        .await
+        .expect("the straggler copy is still in its grace");
+    eventually("straggler copy reclaimed", Duration::from_secs(30), || {
         c.shard_count() == 9
     })
     .await;
+    let gone = elsewhere.stat_shard(&shard0).await.expect_err("reclaimed");
+    assert_eq!(gone.code(), Some(tonic::Code::NotFound));
+    // Every copy the manifest places is still where it says.
+    for (i, loc) in m.segments[0].shards.iter().enumerate() {
+        let id = ShardId {
+            object_key: m.object_key,
+            segment: 0,
+            index: loc.index,
+        };
+        c.shards(&addr_of(holder_of(i)))
+            .stat_shard(&id)
+            .await
+            .expect("a placed shard stays");
+    }
     let gone = client4
         .stat_shard(&ShardId {
             object_key: [0xAB; 32],

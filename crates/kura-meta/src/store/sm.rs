@@ -15,7 +15,8 @@ use kura_erasure::EcParams;
 use kura_placement::{ClusterMap, Manifest, NodeId, Protection};
 use kura_proto::codec;
 use kura_proto::meta::{
-    Applied, AuditEntry, AuditVerdict, Command, CommandResult, DamagedShard, Rejected, TokenRecord,
+    Applied, AuditEntry, AuditVerdict, Command, CommandResult, DamagedShard, Rejected,
+    ShardReference, TokenRecord,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
@@ -292,6 +293,47 @@ impl StateReader {
             .into_iter()
             .map(|r| r.map(|v| v.is_some()).map_err(read_err))
             .collect()
+    }
+
+    /// For each shard (object key, segment, index), whether its manifest
+    /// names `node` as the holder.
+    pub fn shards_referenced(
+        &self,
+        node: NodeId,
+        shards: &[([u8; 32], u32, u8)],
+    ) -> Result<Vec<ShardReference>, StorageError> {
+        let h = cf(&self.db, CF_OBJECTS)?;
+        // Consecutive shards of one object (a node lists them in key order)
+        // share one manifest read.
+        let mut last: Option<([u8; 32], Option<Manifest>)> = None;
+        let mut out = Vec::with_capacity(shards.len());
+        for (key, segment, index) in shards {
+            if last.as_ref().is_none_or(|(k, _)| k != key) {
+                let manifest = match self.db.get_cf(h, key).map_err(read_err)? {
+                    Some(mkey) => self.manifests_by_key(&[mkey])?.pop(),
+                    None => None,
+                };
+                last = Some((*key, manifest));
+            }
+            let answer = match last.as_ref().and_then(|(_, m)| m.as_ref()) {
+                None => ShardReference::NoManifest,
+                Some(m) => {
+                    let holder = m
+                        .segments
+                        .iter()
+                        .find(|s| s.index == *segment)
+                        .and_then(|s| s.shards.iter().find(|l| l.index == *index))
+                        .and_then(|l| l.node);
+                    if holder == Some(node) {
+                        ShardReference::Held
+                    } else {
+                        ShardReference::HeldElsewhere
+                    }
+                }
+            };
+            out.push(answer);
+        }
+        Ok(out)
     }
 
     /// Manifest counts.

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use kura_proto::meta::{
-    AdminRequest, AdminResponse, Applied, Command, Consistency, Query, QueryResult, Rejected, Voter,
+    AdminRequest, AdminResponse, Applied, Command, Consistency, Query, QueryResult, Rejected,
+    ShardReference, Voter,
 };
 use kura_proto::meta_client::{MetaClient, MetaClientError, Retry};
 
@@ -389,6 +390,35 @@ async fn bulk_import_applies_each_manifest_as_a_put() {
         .expect("query")
     {
         QueryResult::ObjectsReferenced(answers) => assert_eq!(answers, vec![true, false]),
+        other => panic!("unexpected answer {other:?}"),
+    }
+    // Per copy: shard i of segment 0 is held by node i + 1.
+    let k = stored.object_key;
+    match client
+        .query(&Query::ShardsReferenced {
+            node: 2,
+            shards: vec![
+                (k, 0, 0),
+                (k, 0, 1),
+                (k, 0, 2),
+                (k, 1, 1),
+                ([0xee; 32], 0, 1),
+            ],
+            consistency: Consistency::Linearizable,
+        })
+        .await
+        .expect("query")
+    {
+        QueryResult::ShardsReferenced(answers) => assert_eq!(
+            answers,
+            vec![
+                ShardReference::HeldElsewhere,
+                ShardReference::Held,
+                ShardReference::HeldElsewhere,
+                ShardReference::HeldElsewhere,
+                ShardReference::NoManifest,
+            ]
+        ),
         other => panic!("unexpected answer {other:?}"),
     }
     // One invalid manifest refuses the whole batch: nothing of it lands.

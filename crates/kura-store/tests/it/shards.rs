@@ -220,3 +220,50 @@ async fn concurrent_puts_of_the_same_and_different_shards() {
     }
     assert_eq!(t.shard_files().len(), shards.len());
 }
+
+#[tokio::test]
+async fn a_put_again_restarts_a_copys_age_for_reclaim() {
+    let t = TestNode::start().await;
+    let store = t.node().store().expect("a store").clone();
+    let (id, bytes) = shard(6, 0, 3, 4096, 1);
+    t.client.put_shard(bytes.clone(), false).await.expect("put");
+    let first = t
+        .client
+        .stat_shard(&id)
+        .await
+        .expect("stat")
+        .stored_at_unix_ms;
+    // Reclaim decided on a cutoff before the copy was stored: kept.
+    assert!(
+        !store
+            .delete_if_stored_before(&id, first)
+            .expect("conditional delete")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let again = t.client.put_shard(bytes, false).await.expect("re-put");
+    assert!(again.already_present);
+    let touched = t
+        .client
+        .stat_shard(&id)
+        .await
+        .expect("stat")
+        .stored_at_unix_ms;
+    assert!(touched > first, "{touched} > {first}");
+    // A cutoff between the two puts no longer reaches the copy ...
+    assert!(
+        !store
+            .delete_if_stored_before(&id, touched)
+            .expect("conditional delete")
+    );
+    t.client.get_shard(&id, None).await.expect("still there");
+    // ... one after the last put does.
+    assert!(
+        store
+            .delete_if_stored_before(&id, touched + 1)
+            .expect("conditional delete")
+    );
+    let err = t.client.get_shard(&id, None).await.expect_err("deleted");
+    assert_eq!(err.code(), Some(tonic::Code::NotFound));
+    let status = t.client.node_status().await.expect("status");
+    assert_eq!((status.shard_count, status.used_bytes), (0, 0));
+}
