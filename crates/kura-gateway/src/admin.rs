@@ -82,6 +82,7 @@ pub(crate) fn repair_proto(runs_here: bool, s: &RepairStatus) -> pb::RepairStatu
         failures: s.failures,
         waiting: s.waiting,
         last_error: s.last_error.clone().unwrap_or_default(),
+        leased_elsewhere: s.leased_elsewhere,
     }
 }
 

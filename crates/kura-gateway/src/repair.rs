@@ -21,6 +21,14 @@
 //!
 //! The traffic (bytes read by rebuilding nodes) is rate-limited, so client
 //! latency stays close to normal while a site is rebuilt.
+//!
+//! Several gateways may run repair. Each takes a **lease** on an instance
+//! before it repairs it (`Command::ClaimRepair`, granted by the metadata
+//! cluster unless another gateway holds an unexpired lease on it), renews
+//! it between segments of a long instance and releases it when done, so two
+//! gateways never rebuild the same shards; an instance leased elsewhere is
+//! skipped until a later pass. A gateway that dies holding leases delays
+//! their instances by at most one lease (`lease_ttl`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -58,6 +66,8 @@ pub struct RepairConfig {
     /// holder is recorded, so a read that fetched the older manifest just
     /// before still finds it.
     pub delete_moved_after: Duration,
+    /// How long a repair lease on an instance lasts unless renewed.
+    pub lease_ttl: Duration,
 }
 
 impl Default for RepairConfig {
@@ -69,6 +79,7 @@ impl Default for RepairConfig {
             page: 500,
             concurrency: 4,
             delete_moved_after: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(120),
         }
     }
 }
@@ -98,6 +109,8 @@ pub struct RepairStatus {
     /// Bytes the rebuilding nodes read from another site.
     pub cross_site_bytes: u64,
     pub failures: u64,
+    /// Instances skipped because another gateway held their repair lease.
+    pub leased_elsewhere: u64,
     /// Instances the last pass could not bring to full protection (no free
     /// node for a shard, too few readable shards).
     pub waiting: u64,
@@ -140,7 +153,7 @@ impl RepairHandle {
 }
 
 impl Repairer {
-    pub(crate) fn start(inner: Arc<Inner>, config: RepairConfig) -> Repairer {
+    pub(crate) fn start(inner: Arc<Inner>, config: RepairConfig, owner: String) -> Repairer {
         let shared = Arc::new(Shared {
             status: Mutex::new(RepairStatus {
                 rate_bytes_per_sec: config.rate_bytes_per_sec,
@@ -155,6 +168,7 @@ impl Repairer {
             ))),
             config,
             shared: Arc::clone(&shared),
+            owner: Arc::from(owner),
         };
         let task = tokio::spawn(worker.run());
         Repairer { shared, task }
@@ -235,6 +249,8 @@ struct Worker {
     config: RepairConfig,
     limiter: Arc<tokio::sync::Mutex<RateLimiter>>,
     shared: Arc<Shared>,
+    /// The name on this gateway's repair leases.
+    owner: Arc<str>,
 }
 
 fn now_ms() -> i64 {
@@ -452,17 +468,52 @@ impl Worker {
         }
         let mut remaining_shards: u64 = estimates.iter().map(|e| e.0).sum();
         let mut remaining_bytes: u64 = estimates.iter().map(|e| e.1).sum();
-        // Instances are started newest first, `concurrency` at a time.
+        // Instances are started newest first, `concurrency` at a time, each
+        // under a lease taken (in small batches) just before it starts.
+        let concurrency = self.config.concurrency.max(1);
         let mut running = tokio::task::JoinSet::new();
         let mut pending = queue.into_iter().zip(estimates);
+        let mut leased: std::collections::VecDeque<(Item, (u64, u64), Instant)> =
+            std::collections::VecDeque::new();
+        let mut release: Vec<(String, String)> = Vec::new();
         loop {
-            while running.len() < self.config.concurrency.max(1) {
-                let Some((item, est)) = pending.next() else {
+            while running.len() < concurrency {
+                if leased.is_empty() {
+                    let batch: Vec<_> = pending.by_ref().take(concurrency).collect();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let keys = batch
+                        .iter()
+                        .map(|(i, _)| (i.tenant.clone(), i.uid.clone()))
+                        .collect();
+                    let claimed_at = Instant::now();
+                    let granted = self.lease(keys, std::mem::take(&mut release)).await;
+                    let mut s = self.status();
+                    for (i, (item, est)) in batch.into_iter().enumerate() {
+                        match &granted {
+                            Ok(g) if g.get(i) == Some(&true) => {
+                                leased.push_back((item, est, claimed_at));
+                                continue;
+                            }
+                            Ok(_) => s.leased_elsewhere += 1,
+                            Err(e) => {
+                                s.waiting += 1;
+                                s.last_error = Some(format!("repair lease: {e}"));
+                            }
+                        }
+                        remaining_instances -= 1;
+                        remaining_shards = remaining_shards.saturating_sub(est.0);
+                        remaining_bytes = remaining_bytes.saturating_sub(est.1);
+                    }
+                    continue;
+                }
+                let Some((item, est, claimed_at)) = leased.pop_front() else {
                     break;
                 };
                 let w = self.clone();
                 running.spawn(async move {
-                    let done = match w.repair_one(&item).await {
+                    let done = match w.repair_one(&item, claimed_at).await {
                         Ok(d) => d,
                         Err(e) => Done {
                             failures: 1,
@@ -471,14 +522,17 @@ impl Worker {
                             ..Done::default()
                         },
                     };
-                    (done, est)
+                    (done, est, (item.tenant, item.uid))
                 });
             }
             let Some(joined) = running.join_next().await else {
                 break;
             };
             let (done, (est_shards, est_bytes)) = match joined {
-                Ok(r) => r,
+                Ok((done, est, key)) => {
+                    release.push(key);
+                    (done, est)
+                }
                 Err(e) => (
                     Done {
                         failures: 1,
@@ -489,7 +543,7 @@ impl Worker {
                     (0, 0),
                 ),
             };
-            remaining_instances -= 1;
+            remaining_instances = remaining_instances.saturating_sub(1);
             remaining_shards = remaining_shards.saturating_sub(est_shards);
             remaining_bytes = remaining_bytes.saturating_sub(est_bytes);
             {
@@ -537,6 +591,12 @@ impl Worker {
             metrics::counter!("kura_repair_cross_site_bytes_total").increment(done.cross_site);
             metrics::counter!("kura_repair_failures_total").increment(done.failures);
         }
+        if !release.is_empty()
+            && let Err(e) = self.lease(Vec::new(), release).await
+        {
+            // They expire by themselves.
+            tracing::warn!(error = %e, "could not release repair leases");
+        }
         let s = self.status().clone();
         tracing::info!(
             seconds = started.elapsed().as_secs_f64(),
@@ -546,6 +606,28 @@ impl Worker {
             "repair pass finished"
         );
         Ok(progressed)
+    }
+
+    /// Takes (or renews) this gateway's repair leases on `claim` and
+    /// releases those on `release`; answers, per claimed instance, whether
+    /// it is this gateway's to repair now.
+    async fn lease(
+        &self,
+        claim: Vec<(String, String)>,
+        release: Vec<(String, String)>,
+    ) -> Result<Vec<bool>, String> {
+        let cmd = Command::ClaimRepair {
+            owner: self.owner.to_string(),
+            now_unix_ms: now_ms(),
+            ttl_ms: i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX),
+            claim,
+            release,
+        };
+        match self.meta().propose(&cmd, Retry::Idempotent).await {
+            Ok(Ok(Applied::RepairClaimed { granted })) => Ok(granted),
+            Ok(other) => Err(format!("unexpected answer to ClaimRepair: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn manifest(&self, tenant: &str, uid: &str) -> Result<Option<Manifest>, String> {
@@ -631,7 +713,9 @@ impl Worker {
         Ok((read, cross))
     }
 
-    async fn repair_one(&self, item: &Item) -> Result<Done, String> {
+    /// Repairs one instance under this gateway's lease, taken at
+    /// `claimed_at`.
+    async fn repair_one(&self, item: &Item, mut claimed_at: Instant) -> Result<Done, String> {
         let mut done = Done::default();
         let Some(m) = self.manifest(&item.tenant, &item.uid).await? else {
             self.clear_damaged(item.damaged.clone()).await;
@@ -653,6 +737,18 @@ impl Worker {
             let Some(segment) = m.segment(seg_plan.segment) else {
                 continue;
             };
+            if claimed_at.elapsed() > self.config.lease_ttl / 3 {
+                let key = (item.tenant.clone(), item.uid.clone());
+                let renewed_at = Instant::now();
+                if self.lease(vec![key], Vec::new()).await? != [true] {
+                    // Expired and taken by another gateway: it repairs the
+                    // instance; what was rebuilt here is reclaimed.
+                    done.waiting = true;
+                    done.last_error = Some("the repair lease passed to another gateway".into());
+                    return Ok(done);
+                }
+                claimed_at = renewed_at;
+            }
             // One rebuild call per target node.
             let mut by_target: BTreeMap<NodeId, Vec<(u8, Option<NodeId>, bool)>> = BTreeMap::new();
             for r in &seg_plan.shards {

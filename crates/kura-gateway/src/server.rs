@@ -196,7 +196,7 @@ impl Gateway {
             .config
             .repair
             .clone()
-            .map(|rc| Repairer::start(Arc::clone(&inner), rc));
+            .map(|rc| Repairer::start(Arc::clone(&inner), rc, repair_owner(&inner, addr)));
         if let Some(r) = &repairer {
             let _ = inner.repair.set(r.handle());
         }
@@ -332,5 +332,20 @@ impl Gateway {
                 task.abort();
             }
         }
+    }
+}
+
+/// The name this gateway's repair leases carry: its certificate's identity
+/// and its address, so a restarted gateway takes up its own leases again
+/// and two gateways never share one; without TLS, a random name.
+fn repair_owner(inner: &Inner, addr: SocketAddr) -> String {
+    match inner
+        .config
+        .transport
+        .material()
+        .and_then(|m| m.principal())
+    {
+        Some(p) => format!("{}@{addr}", p.uri()),
+        None => format!("gateway-{:016x}@{addr}", rand::random::<u64>()),
     }
 }

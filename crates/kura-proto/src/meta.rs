@@ -76,6 +76,28 @@ pub enum Command {
     PutToken(TokenRecord),
     /// Revoke the token with this id: it authenticates nobody from then on.
     RevokeToken { id: String, revoked_unix_ms: i64 },
+    /// Repair's leases: `owner` (a gateway) asks to repair the instances of
+    /// `claim`, each granted unless another owner holds an unexpired lease
+    /// on it (by `now_unix_ms`, the proposer's clock), and releases its
+    /// leases on `release`. A granted lease runs until `now + ttl`; asking
+    /// again renews it. So two gateways never rebuild the same instance.
+    ClaimRepair {
+        owner: String,
+        now_unix_ms: i64,
+        ttl_ms: i64,
+        claim: Vec<(String, String)>,
+        release: Vec<(String, String)>,
+    },
+}
+
+/// The most instances one `ClaimRepair` may claim or release.
+pub const REPAIR_CLAIMS_MAX: usize = 256;
+
+/// A gateway's lease on repairing one instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairLease {
+    pub owner: String,
+    pub until_unix_ms: i64,
 }
 
 /// The most records one `AppendAudit` may carry.
@@ -192,6 +214,7 @@ impl Command {
             Command::AppendAudit(_) => "append_audit",
             Command::PutToken(_) => "put_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::ClaimRepair { .. } => "claim_repair",
         }
     }
 
@@ -252,6 +275,31 @@ impl Command {
                     return Err("a token's id is the hex of its hash's first 8 bytes".into());
                 }
                 Ok(())
+            }
+            Command::ClaimRepair {
+                owner,
+                ttl_ms,
+                claim,
+                release,
+                ..
+            } => {
+                if owner.is_empty() || owner.len() > 256 {
+                    return Err("a repair lease's owner is 1 to 256 bytes".into());
+                }
+                if *ttl_ms <= 0 {
+                    return Err(format!(
+                        "a repair lease lasts a positive time, not {ttl_ms} ms"
+                    ));
+                }
+                if claim.len() > REPAIR_CLAIMS_MAX || release.len() > REPAIR_CLAIMS_MAX {
+                    return Err(format!(
+                        "at most {REPAIR_CLAIMS_MAX} instances claimed and released at once"
+                    ));
+                }
+                claim
+                    .iter()
+                    .chain(release)
+                    .try_for_each(|(tenant, _)| validate_tenant(tenant))
             }
             Command::RevokeToken { id, .. } => {
                 if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -335,6 +383,9 @@ pub enum Applied {
     AuditAppended { first_seq: u64 },
     /// A token recorded or revoked.
     TokenChanged,
+    /// Repair leases: for each claimed instance, whether it is now the
+    /// proposer's (in order).
+    RepairClaimed { granted: Vec<bool> },
 }
 
 /// A command the state machine refused; nothing changed.

@@ -428,3 +428,85 @@ async fn writes_during_a_site_outage_regain_site_loss_tolerance() {
     read_all(&c, &stored, "site 1 stopped after repair").await;
     c.dev.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_rebuild_each_lost_shard_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let repair = RepairConfig {
+        idle_interval: Duration::from_millis(200),
+        ..RepairConfig::default()
+    };
+    let mut c = Cluster::start_with(dir, |cfg| {
+        fast(cfg);
+        cfg.nodes_per_site = 4;
+        cfg.repair = Some(repair.clone());
+    })
+    .await;
+    // A second gateway repairing the same cluster, with its own lease name.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut gc = kura_gateway::GatewayConfig::new(
+        c.dev.meta_endpoints().to_vec(),
+        kura_dev::certs::transport(
+            &kura_dev::certs::tls_dir(&c.dev.config().data_dir),
+            kura_auth::NodeRole::Gateway,
+            0,
+        )
+        .expect("gateway certificate"),
+    );
+    gc.repair = Some(repair);
+    let second = kura_gateway::Gateway::start(gc, l, None)
+        .await
+        .expect("second gateway");
+    let meta = c.meta();
+    let stored = fill(&c, "74", 16, 100 * 1024).await;
+    let victim = 5u64;
+    // What the lost node held: one shard of each of these instances.
+    let mut expected_bytes = 0u64;
+    let mut held = 0u64;
+    for (sop, _) in &stored {
+        let m = manifest(&meta, sop).await;
+        for s in m.segments.iter().flat_map(|s| &s.shards) {
+            if s.node == Some(victim) {
+                expected_bytes += u64::from(s.len);
+                held += 1;
+            }
+        }
+    }
+    assert!(held > 0, "node {victim} holds shards");
+
+    c.dev.stop_storage_node(victim).await.expect("stop");
+    std::fs::remove_dir_all(c.dev.storage_dir(victim)).expect("remove its data");
+    until(
+        "repair moves every shard off the lost node",
+        Duration::from_secs(60),
+        || async { on_node(&meta, victim).await == 0 },
+    )
+    .await;
+    until(
+        "every instance fully protected",
+        Duration::from_secs(30),
+        || async { under_protected(&meta).await == 0 },
+    )
+    .await;
+    let a = c.dev.repair().expect("repair").status();
+    let b = second.repair().expect("repair").status();
+    // Each lost shard was rebuilt by exactly one of them: the bytes both
+    // wrote are the lost shards' bytes, once.
+    assert_eq!(
+        a.bytes_written + b.bytes_written,
+        expected_bytes,
+        "bytes rebuilt by the two gateways: {} + {}, lost: {expected_bytes}\n{a:?}\n{b:?}",
+        a.bytes_written,
+        b.bytes_written
+    );
+    assert_eq!(
+        a.shards_rebuilt + a.shards_moved + b.shards_rebuilt + b.shards_moved,
+        held
+    );
+    assert_eq!(a.failures + b.failures, 0, "{a:?}\n{b:?}");
+    read_all(&c, &stored, "after repair by two gateways").await;
+    second.shutdown().await;
+    c.dev.shutdown().await;
+}

@@ -15,7 +15,7 @@ use kura_erasure::EcParams;
 use kura_placement::{ClusterMap, Manifest, NodeId, Protection};
 use kura_proto::codec;
 use kura_proto::meta::{
-    Applied, AuditEntry, AuditVerdict, Command, CommandResult, DamagedShard, Rejected,
+    Applied, AuditEntry, AuditVerdict, Command, CommandResult, DamagedShard, Rejected, RepairLease,
     ShardReference, TokenRecord,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -60,6 +60,13 @@ struct CurrentSnapshot {
 
 /// Key of a manifest: tenant 0x00 SOP Instance UID. Tenants and UIDs never
 /// contain 0x00 (validated at the edge), so keys sort by tenant then UID.
+/// Where a repair lease on (tenant, uid) lives in the `sm` column family.
+fn repair_lease_key(tenant: &str, uid: &str) -> Vec<u8> {
+    let mut key = b"repair_lease/".to_vec();
+    key.extend(manifest_key(tenant, uid));
+    key
+}
+
 pub fn manifest_key(tenant: &str, uid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(tenant.len() + uid.len() + 1);
     k.extend_from_slice(tenant.as_bytes());
@@ -993,6 +1000,43 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
                 txn.put(CF_TOKENS, key, &t)?;
             }
             Ok(Ok(Applied::TokenChanged))
+        }
+        Command::ClaimRepair {
+            owner,
+            now_unix_ms,
+            ttl_ms,
+            claim,
+            release,
+        } => {
+            for (tenant, uid) in release {
+                let key = repair_lease_key(&tenant, &uid);
+                if let Some(lease) = txn.get::<RepairLease>(CF_SM, &key)?
+                    && lease.owner == owner
+                {
+                    txn.delete(CF_SM, key);
+                }
+            }
+            let until_unix_ms = now_unix_ms.saturating_add(ttl_ms);
+            let mut granted = Vec::with_capacity(claim.len());
+            for (tenant, uid) in claim {
+                let key = repair_lease_key(&tenant, &uid);
+                let free = match txn.get::<RepairLease>(CF_SM, &key)? {
+                    None => true,
+                    Some(lease) => lease.owner == owner || lease.until_unix_ms <= now_unix_ms,
+                };
+                if free {
+                    txn.put(
+                        CF_SM,
+                        key,
+                        &RepairLease {
+                            owner: owner.clone(),
+                            until_unix_ms,
+                        },
+                    )?;
+                }
+                granted.push(free);
+            }
+            Ok(Ok(Applied::RepairClaimed { granted }))
         }
         Command::RemoveNode { id, force: false }
             if txn.any_with_prefix(CF_HOLDERS, &id.to_be_bytes())? =>

@@ -541,3 +541,52 @@ fn snapshot_entries(node_dir: &std::path::Path) -> (usize, usize) {
     }
     (files, checkpoints)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repair_leases_go_to_one_gateway_until_released_or_expired() {
+    let c = TestCluster::start(3, fast_timings()).await;
+    let client = c.client();
+    let lease = |owner: &str, now: i64, claim: &[u64], release: &[u64]| {
+        let key = |n: &u64| (TENANT.to_string(), uid(*n));
+        Command::ClaimRepair {
+            owner: owner.into(),
+            now_unix_ms: now,
+            ttl_ms: 1000,
+            claim: claim.iter().map(key).collect(),
+            release: release.iter().map(key).collect(),
+        }
+    };
+    let granted = |cmd: Command| {
+        let client = client.clone();
+        async move {
+            match client.propose(&cmd, Retry::Idempotent).await {
+                Ok(Ok(Applied::RepairClaimed { granted })) => granted,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    };
+    assert_eq!(granted(lease("a", 0, &[1, 2], &[])).await, [true, true]);
+    // Another gateway gets only what is free; the holder renews its own.
+    assert_eq!(
+        granted(lease("b", 500, &[1, 2, 3], &[])).await,
+        [false, false, true]
+    );
+    assert_eq!(granted(lease("a", 900, &[1], &[])).await, [true]);
+    // Released: free at once; expired (2 renewed at 0 + 1000): free too.
+    assert_eq!(
+        granted(lease("a", 950, &[], &[1])).await,
+        Vec::<bool>::new()
+    );
+    assert_eq!(granted(lease("b", 1000, &[1, 2], &[])).await, [true, true]);
+    // Releasing someone else's lease does nothing.
+    granted(lease("a", 1100, &[], &[1])).await;
+    assert_eq!(granted(lease("a", 1200, &[1], &[])).await, [false]);
+    // Bad input is refused whole.
+    match client
+        .propose(&lease("", 0, &[4], &[]), Retry::Idempotent)
+        .await
+    {
+        Err(MetaClientError::InvalidArgument(why)) => assert!(why.contains("owner"), "{why}"),
+        other => panic!("an empty owner must be refused: {other:?}"),
+    }
+}

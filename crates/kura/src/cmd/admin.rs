@@ -526,7 +526,8 @@ fn write_repair(out: &mut impl Write, r: &RepairStatus) -> io::Result<()> {
     writeln!(
         out,
         "  since start: {} instance(s) repaired, {} rebuilt, {} moved, {} damaged rewritten, \
-         {} bytes written, {} read ({} across sites), {} failure(s), {} waiting",
+         {} bytes written, {} read ({} across sites), {} failure(s), {} waiting, \
+         {} left to another gateway's lease",
         r.instances_repaired,
         r.shards_rebuilt,
         r.shards_moved,
@@ -535,7 +536,8 @@ fn write_repair(out: &mut impl Write, r: &RepairStatus) -> io::Result<()> {
         r.bytes_read,
         r.cross_site_bytes,
         r.failures,
-        r.waiting
+        r.waiting,
+        r.leased_elsewhere
     )?;
     if !r.last_error.is_empty() {
         writeln!(out, "  last error: {}", r.last_error)?;
