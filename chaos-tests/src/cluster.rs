@@ -573,6 +573,16 @@ impl Cluster {
             .expect("client certificate")
     }
 
+    /// An operator's credential: tenant [`crate::workload::TENANT`], admin.
+    pub fn admin_transport(&self) -> Transport {
+        self.certs
+            .client_transport(
+                crate::workload::TENANT,
+                ClientRoles::of(&[ClientRole::Admin]),
+            )
+            .expect("admin certificate")
+    }
+
     /// A node's identity for calling voters and storage nodes directly:
     /// node 1's (it runs every role).
     pub fn node_transport(&self) -> Transport {

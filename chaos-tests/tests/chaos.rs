@@ -838,21 +838,94 @@ fn s5_bit_rot() {
             flipped.len(),
             per.join(", ")
         ));
-        if repair.damaged_rewritten as usize > flipped.len() {
-            ctx.note(format!(
-                "  finding: {} rewrites for {} damaged shards: several gateways' repair \
-                 loops rewrote the same damaged shards (in-place rewrites are not coordinated by a \
-                 compare-and-set like moves are); harmless, wasted work",
-                repair.damaged_rewritten,
-                flipped.len()
-            ));
-        }
         verify(ctx, &c, &wl, (w0, w1), healed).await;
+        // Every gateway repairs, under leases: each damaged shard is
+        // rewritten once, by one of them.
+        assert_eq!(
+            repair.damaged_rewritten as usize,
+            flipped.len(),
+            "damaged shards rewritten by all gateways ({}) against damaged shards",
+            per.join(", ")
+        );
+        // Past what the code survives: more than m shards of one instance
+        // damaged. The instance is lost, and the protection answers must
+        // say so, naming it.
+        let (uid, _) = acked
+            .iter()
+            .find(|(u, _)| flipped.iter().all(|f| &f.0 != u))
+            .expect("an instance with no damage yet");
+        let m = meta.manifest(uid).await.expect("its manifest");
+        let segment = &m.segments[0];
+        let over = usize::from(m.ec.parity_shards) + 1;
+        for sh in segment.shards.iter().take(over) {
+            let node = sh.node.expect("placed");
+            let id = ShardId {
+                object_key: m.object_key,
+                segment: segment.index,
+                index: sh.index,
+            };
+            let files = shard_files(&c.node(node).spec.data.join("store"), &id);
+            assert_eq!(files.len(), 1, "one file for shard {id}: {files:?}");
+            let mut bytes = std::fs::read(&files[0]).expect("read shard file");
+            let at = bytes.len() - 1;
+            bytes[at] ^= 0x40;
+            std::fs::write(&files[0], bytes).expect("write shard file");
+        }
+        println!(
+            "  then: {over} of the {} shards of segment 0 of {uid} damaged (more than m = {})",
+            segment.shards.len(),
+            m.ec.parity_shards
+        );
+        let t = Instant::now();
+        let mut archive = chaos_tests::workload::archive_client(&c.targets(&[])[0]);
+        let admin = kura_proto::v1::admin_client::AdminClient::new(
+            c.admin_transport()
+                .endpoint(&c.targets(&[])[0].addr)
+                .expect("endpoint")
+                .connect_lazy(),
+        );
+        let named = until(
+            "Protection and StudyProtection name the lost instance",
+            Duration::from_secs(60),
+            || {
+                let (mut archive, mut admin) = (archive.clone(), admin.clone());
+                let study = m.study_instance_uid.clone();
+                let uid = uid.clone();
+                async move {
+                    let summary = admin
+                        .protection(kura_proto::v1::ProtectionRequest {})
+                        .await
+                        .ok()?
+                        .into_inner();
+                    let study = archive
+                        .study_protection(kura_proto::v1::StudyProtectionRequest {
+                            tenant: chaos_tests::workload::TENANT.into(),
+                            study_instance_uid: study,
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    let entry = study.attention.iter().find(|a| a.sop_instance_uid == uid)?;
+                    (summary.unreadable >= 1
+                        && study.unreadable >= 1
+                        && !study.survives_site_loss
+                        && entry.state
+                            == kura_proto::v1::instance_protection::State::Unreadable as i32)
+                        .then(|| entry.why.clone())
+                }
+            },
+        )
+        .await;
+        println!(
+            "  Admin.Protection and Archive.StudyProtection name it unreadable {:.1}s later: {named}",
+            t.elapsed().as_secs_f64()
+        );
+        // And a read says DATA_LOSS, never wrong bytes.
+        let (outcome, got) =
+            chaos_tests::workload::retrieve_call(&mut archive, uid, Duration::from_secs(15)).await;
         assert!(
-            repair.damaged_rewritten as usize >= flipped.len(),
-            "repair rewrote {} damaged shards of {}",
-            repair.damaged_rewritten,
-            flipped.len()
+            matches!(&outcome, Outcome::Fail { code, .. } if code == kura_proto::code_name(tonic::Code::DataLoss)),
+            "read of the lost {uid}: {outcome:?} {got:?}"
         );
     });
 }

@@ -40,7 +40,7 @@ use kura_proto::meta::{
     Applied, Command, Consistency, DAMAGED_SHARDS_MAX, DamagedShard, Query, QueryResult, Rejected,
 };
 use kura_proto::meta_client::{MetaClient, Retry};
-use kura_proto::shards_client::ShardId;
+use kura_proto::shards_client::{ShardId, ShardState};
 use kura_proto::v1::internal as pb;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -869,6 +869,12 @@ impl Worker {
             if !up {
                 continue; // a lost node's shards were re-planned above
             }
+            if self.healthy_on_holder(&map, &updated, &d).await {
+                // Rewritten since this pass queued it (by another gateway,
+                // or by this one for an earlier report).
+                cleared.push(d);
+                continue;
+            }
             let len = shard_bytes(&updated, segment);
             let segment = segment.clone();
             let job = Job {
@@ -894,6 +900,24 @@ impl Worker {
         }
         self.clear_damaged(cleared).await;
         Ok(done)
+    }
+
+    /// Whether the holder of a reported shard has it again, good: the
+    /// holder's own index is the truth (a damaged copy is quarantined there
+    /// until a rewrite replaces it). Unknown counts as not.
+    async fn healthy_on_holder(&self, map: &ClusterMap, m: &Manifest, d: &DamagedShard) -> bool {
+        let Some(node) = map.node(d.node) else {
+            return false;
+        };
+        let Ok(client) = self.inner.cluster.client(node) else {
+            return false;
+        };
+        let id = ShardId {
+            object_key: m.object_key,
+            segment: d.segment,
+            index: d.index,
+        };
+        matches!(client.stat_shard(&id).await, Ok(info) if info.state == ShardState::Ok)
     }
 
     /// Deletes a moved shard from its old holder, after a delay (see
