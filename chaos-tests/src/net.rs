@@ -245,6 +245,17 @@ impl Net {
         sh(&["ip", "-n", &self.hub, "link", "set", &port, "up"]);
     }
 
+    /// The shell command an operator's script would run for
+    /// [`Net::link_down`] (`up: false`) or [`Net::link_up`].
+    pub fn link_command(&self, site: &str, up: bool) -> String {
+        format!(
+            "ip -n {} link set {} {}",
+            self.hub,
+            self.site(site).hub_port,
+            if up { "up" } else { "down" }
+        )
+    }
+
     /// Drops traffic between `site` and the other sites inside the site's
     /// namespace (the test host stays reachable). `one_way`: only what the
     /// others send to it is dropped (its own packets still arrive there;
