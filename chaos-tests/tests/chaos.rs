@@ -933,15 +933,16 @@ fn s5_bit_rot() {
 
 /// What a storage node's scrubber found corrupt so far (its /metrics).
 fn scrub_found(ops: &str) -> usize {
-    http_get(ops, "/metrics", Duration::from_secs(3))
-        .ok()
-        .and_then(|(_, body)| {
-            body.lines()
-                .find(|l| l.starts_with("kura_store_scrub_corrupt_found_total"))
-                .and_then(|l| l.split_whitespace().last())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0) as usize
+    metric(ops, "kura_store_scrub_corrupt_found_total").unwrap_or(0.0) as usize
+}
+
+/// The value of an unlabelled metric on a process's /metrics, if exported.
+fn metric(ops: &str, name: &str) -> Option<f64> {
+    let (_, body) = http_get(ops, "/metrics", Duration::from_secs(3)).ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
 }
 
 /// Size of the tmpfs of scenario 6: the store keeps 64 MiB free
@@ -1347,6 +1348,38 @@ fn s8_site_faults() {
             let protected_after = healed_at.elapsed().as_secs_f64();
             tokio::time::sleep(Duration::from_secs(2)).await;
             let changes = leaders.finish().await;
+            // Only the leader exports the cluster-wide gauges: a voter that
+            // lost the lead zeroes them, so a sum over voters stays true.
+            let leader = until("a Raft leader", Duration::from_secs(30), || meta.leader()).await;
+            let instances = |id: u64| {
+                let ops = c.node(id).spec.ops_addr();
+                async move {
+                    tokio::task::spawn_blocking(move || metric(&ops, "kura_cluster_instances"))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            };
+            let voters: Vec<u64> = c
+                .nodes
+                .iter()
+                .filter(|n| n.spec.meta && n.running())
+                .map(|n| n.spec.id)
+                .collect();
+            until(
+                "the leader alone exports kura_cluster_instances",
+                Duration::from_secs(10),
+                || async {
+                    for &id in &voters {
+                        let v = instances(id).await.unwrap_or(0.0);
+                        if (id == leader) != (v > 0.0) {
+                            return None;
+                        }
+                    }
+                    Some(())
+                },
+            )
+            .await;
             wl.set_targets(c.targets(&[]));
             let history = wl.history();
             let during = |o: &&Op| o.start >= f0 && o.start < f1;

@@ -37,7 +37,23 @@ pub struct ClusterView {
     /// before the failure detector marks them down.
     suspects: Mutex<HashMap<NodeId, Instant>>,
     any_suspect: std::sync::atomic::AtomicBool,
+    /// How long shard fetches take here, for the read hedge.
+    fetch_time: Mutex<FetchTime>,
 }
+
+/// A smoothed shard-fetch time and its variation, as TCP estimates its
+/// round-trip time (RFC 6298): a read asks another holder once a fetch
+/// takes longer than `smoothed + 4 × variation`, so a holder that went
+/// silent costs a read a few tens of milliseconds, not a fixed delay.
+#[derive(Clone, Copy, Debug, Default)]
+struct FetchTime {
+    smoothed: Option<f64>,
+    variation: f64,
+}
+
+/// The earliest a read hedges, however fast fetches are: below this,
+/// scheduling noise on a busy machine would double the reads.
+pub const HEDGE_FLOOR: Duration = Duration::from_millis(25);
 
 /// How long one voter may take to answer for the cluster map.
 const MAP_ATTEMPT: Duration = Duration::from_millis(500);
@@ -64,6 +80,42 @@ impl ClusterView {
             clients: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             any_suspect: std::sync::atomic::AtomicBool::new(false),
+            fetch_time: Mutex::new(FetchTime::default()),
+        }
+    }
+
+    /// A shard fetch that answered took `took`.
+    pub fn observe_fetch(&self, took: Duration) {
+        let r = took.as_secs_f64();
+        let mut t = self
+            .fetch_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match t.smoothed {
+            None => {
+                t.smoothed = Some(r);
+                t.variation = r / 2.0;
+            }
+            Some(s) => {
+                t.variation = 0.75 * t.variation + 0.25 * (s - r).abs();
+                t.smoothed = Some(0.875 * s + 0.125 * r);
+            }
+        }
+    }
+
+    /// How long a read lets a shard fetch run before it asks another
+    /// holder: `smoothed + 4 × variation` of recent fetches, between
+    /// [`HEDGE_FLOOR`] and `most` (also the answer before any fetch).
+    pub fn hedge_after(&self, most: Duration) -> Duration {
+        let t = *self
+            .fetch_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match t.smoothed {
+            None => most,
+            Some(s) => {
+                Duration::from_secs_f64(s + 4.0 * t.variation).clamp(HEDGE_FLOOR.min(most), most)
+            }
         }
     }
 

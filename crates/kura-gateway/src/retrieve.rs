@@ -5,12 +5,15 @@
 //! Per segment the gateway asks the k holders of the read plan (data shards
 //! first, own site first) in parallel. A failed fetch turns to the next
 //! holder at once; a fetch still running after the hedge delay gets a
-//! second holder asked beside it. The first k good shards decode the
+//! second holder asked beside it. The delay adapts to how long fetches
+//! take here (smoothed time + 4 × its variation, 25–250 ms), so a holder
+//! that went silent costs a read tens of milliseconds. The first k good shards decode the
 //! segment. Segments are fetched up to [`READS_AHEAD`] ahead of the one
 //! being sent. The last chunk is only sent once the whole object's blake3
 //! matched the manifest: a client never receives a complete wrong object.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -250,7 +253,12 @@ async fn read_segment_with(
             index: shard,
         };
         async move {
-            let out: Fetch = (shard, node, fetch(&gw, &state, node, &id).await);
+            let started = Instant::now();
+            let r = fetch(&gw, &state, node, &id).await;
+            if r.is_ok() {
+                gw.cluster.observe_fetch(started.elapsed());
+            }
+            let out: Fetch = (shard, node, r);
             out
         }
     };
@@ -262,7 +270,7 @@ async fn read_segment_with(
             inflight.push(launch(shard, node));
         }
     }
-    let hedge = gw.config.read_hedge_after;
+    let hedge = gw.cluster.hedge_after(gw.config.read_hedge_after);
     let mut hedged = false;
     let mut attempts = 0;
     let mut verify_each = false;

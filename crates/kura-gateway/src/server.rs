@@ -32,7 +32,9 @@ pub struct GatewayConfig {
     /// A Store must have received all its bytes within this time. Storage
     /// nodes reclaim unreferenced shards only after a longer grace period.
     pub store_deadline: Duration,
-    /// A shard fetch still running after this gets another holder asked.
+    /// A shard fetch still running after this gets another holder asked
+    /// (the most a read waits: it hedges sooner, after a few times the
+    /// recent fetch time, see `ClusterView::hedge_after`).
     pub read_hedge_after: Duration,
     /// Connect timeout to storage nodes.
     pub connect_timeout: Duration,

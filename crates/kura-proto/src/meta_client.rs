@@ -30,6 +30,9 @@ pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// How long a call keeps retrying through elections and unreachable nodes.
 pub const CALL_DEADLINE_DEFAULT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long [`MetaClient::query_any`] waits for one voter before it asks
+/// the next beside it (a healthy voter answers a point read in a few ms).
+pub const QUERY_ANY_HEDGE: Duration = Duration::from_millis(50);
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
 /// An idempotent proposal's attempt at the node believed to lead gets this
 /// long (plus a second per MiB of payload) before the client tries
@@ -167,41 +170,62 @@ impl MetaClient {
     /// Answers `query` (a stale one: any voter's applied state) from the
     /// first voter that answers, without following the leader: the voter
     /// that answered last, then the others in turn, each given at most
-    /// `attempt`. Reads whose answer may lag the latest commits use it so
-    /// that they never wait for an election.
+    /// `attempt`; a voter silent for [`QUERY_ANY_HEDGE`] gets the next one
+    /// asked beside it, so a cut-off voter costs a read that long, not a
+    /// whole attempt. Reads whose answer may lag the latest commits use it
+    /// so that they never wait for an election.
     pub async fn query_any(
         &self,
         query: &Query,
         attempt: Duration,
     ) -> Result<QueryResult, MetaClientError> {
+        use futures::StreamExt;
         use std::sync::atomic::Ordering;
         let payload = codec::encode(query)?;
         let n = self.inner.endpoints.len();
         let first = self.inner.nearby.load(Ordering::Relaxed);
-        let mut last_error = String::from("no endpoint configured");
-        for i in 0..n {
-            let at = (first + i) % n;
-            let Some(addr) = self.inner.endpoints.get(at) else {
-                break;
-            };
-            match self
-                .attempt_within(addr, Rpc::Query, payload.clone(), attempt)
-                .await
-            {
-                Ok(bytes) => {
-                    self.inner.nearby.store(at, Ordering::Relaxed);
-                    return Ok(codec::decode(&bytes)?);
-                }
-                Err(status) => match status.code() {
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Unknown
-                    | tonic::Code::Aborted => {
-                        last_error = format!("{addr}: {}", status.message());
+        let mut order = (0..n).map(|i| (first + i) % n);
+        let launch = |at: usize| {
+            let payload = payload.clone();
+            async move {
+                let r = match self.inner.endpoints.get(at) {
+                    Some(addr) => {
+                        self.attempt_within(addr, Rpc::Query, payload, attempt)
+                            .await
                     }
-                    _ => return Err(classify_final(status)),
-                },
+                    None => Err(tonic::Status::unavailable("no such endpoint")),
+                };
+                (at, r)
+            }
+        };
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        inflight.extend(order.next().map(launch));
+        let mut last_error = String::from("no endpoint configured");
+        loop {
+            let hedge = tokio::time::sleep(QUERY_ANY_HEDGE);
+            tokio::select! {
+                answer = inflight.next() => {
+                    let Some((at, r)) = answer else { break };
+                    match r {
+                        Ok(bytes) => {
+                            self.inner.nearby.store(at, Ordering::Relaxed);
+                            return Ok(codec::decode(&bytes)?);
+                        }
+                        Err(status) => match status.code() {
+                            tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                            | tonic::Code::Unknown
+                            | tonic::Code::Aborted => {
+                                let addr = self.inner.endpoints.get(at).map_or("?", String::as_str);
+                                last_error = format!("{addr}: {}", status.message());
+                                inflight.extend(order.next().map(launch));
+                            }
+                            _ => return Err(classify_final(status)),
+                        },
+                    }
+                }
+                _ = hedge => inflight.extend(order.next().map(launch)),
             }
         }
         Err(MetaClientError::Unavailable(last_error))

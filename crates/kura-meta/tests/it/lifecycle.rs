@@ -590,3 +590,54 @@ async fn repair_leases_go_to_one_gateway_until_released_or_expired() {
         other => panic!("an empty owner must be refused: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_read_goes_around_a_silent_voter() {
+    let c = TestCluster::start(3, fast_timings()).await;
+    let client = c.client();
+    put(&client, 1).await;
+    // A "voter" that accepts connections and never answers (a black-holed
+    // site), listed first so the stale read asks it first.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let mut endpoints = vec![silent_addr];
+    endpoints.extend(c.client().endpoints().iter().cloned());
+    let stale = MetaClient::with_timeouts(
+        endpoints,
+        kura_auth::Transport::Plaintext,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    );
+    // The read is answered by another voter while the silent one still
+    // has most of its 20 s attempt left.
+    let started = std::time::Instant::now();
+    let got = stale
+        .query_any(
+            &Query::GetManifest {
+                tenant: TENANT.into(),
+                sop_instance_uid: uid(1),
+                consistency: Consistency::Stale,
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("answered around the silent voter");
+    assert!(
+        matches!(got, QueryResult::Manifest(Some(_))),
+        "the manifest: {got:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the silent voter's attempt was waited out: {:?}",
+        started.elapsed()
+    );
+    hold.abort();
+}

@@ -6,5 +6,6 @@ mod bad_input;
 mod corruption;
 mod harness;
 mod lifecycle;
+mod media_errors;
 mod report;
 mod shards;
