@@ -122,6 +122,9 @@ pub struct RepairStatus {
 struct Shared {
     status: Mutex<RepairStatus>,
     wake: Notify,
+    /// The instances this gateway holds a repair lease on, released at
+    /// shutdown so a restarted gateway (or another) takes them up at once.
+    held: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 /// The repair loop of one gateway. Dropping it does not stop the loop;
@@ -129,6 +132,8 @@ struct Shared {
 pub struct Repairer {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+    /// For releasing the leases at [`Repairer::stop`].
+    worker: Worker,
 }
 
 /// A handle to ask repair for its status or to start a pass now.
@@ -160,6 +165,7 @@ impl Repairer {
                 ..RepairStatus::default()
             }),
             wake: Notify::new(),
+            held: Mutex::new(std::collections::BTreeSet::new()),
         });
         let worker = Worker {
             inner,
@@ -170,8 +176,12 @@ impl Repairer {
             shared: Arc::clone(&shared),
             owner: Arc::from(owner),
         };
-        let task = tokio::spawn(worker.run());
-        Repairer { shared, task }
+        let task = tokio::spawn(worker.clone().run());
+        Repairer {
+            shared,
+            task,
+            worker,
+        }
     }
 
     pub fn handle(&self) -> RepairHandle {
@@ -180,8 +190,28 @@ impl Repairer {
         }
     }
 
-    pub fn stop(self) {
+    /// Stops the loop and releases this gateway's repair leases (a crash
+    /// leaves them to expire after `lease_ttl`).
+    pub async fn stop(self) {
         self.task.abort();
+        let held: Vec<_> = std::mem::take(
+            &mut *self
+                .shared
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        if held.is_empty() {
+            return;
+        }
+        let release = self.worker.lease(Vec::new(), held);
+        match tokio::time::timeout(Duration::from_secs(2), release).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "repair leases not released; they expire"),
+            Err(_) => tracing::warn!("repair leases not released in 2 s; they expire"),
+        }
     }
 }
 
@@ -620,11 +650,26 @@ impl Worker {
             owner: self.owner.to_string(),
             now_unix_ms: now_ms(),
             ttl_ms: i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX),
-            claim,
-            release,
+            claim: claim.clone(),
+            release: release.clone(),
         };
         match self.meta().propose(&cmd, Retry::Idempotent).await {
-            Ok(Ok(Applied::RepairClaimed { granted })) => Ok(granted),
+            Ok(Ok(Applied::RepairClaimed { granted })) => {
+                let mut held = self
+                    .shared
+                    .held
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for key in release {
+                    held.remove(&key);
+                }
+                for (key, granted) in claim.into_iter().zip(&granted) {
+                    if *granted {
+                        held.insert(key);
+                    }
+                }
+                Ok(granted)
+            }
             Ok(other) => Err(format!("unexpected answer to ClaimRepair: {other:?}")),
             Err(e) => Err(e.to_string()),
         }

@@ -320,7 +320,7 @@ impl Gateway {
             e.abort();
         }
         if let Some(r) = self.repairer.take() {
-            r.stop();
+            r.stop().await;
         }
         for tx in self.stop.drain(..) {
             let _ = tx.send(());

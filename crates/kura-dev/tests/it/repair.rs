@@ -52,6 +52,23 @@ async fn under_protected(meta: &MetaClient) -> u64 {
     }
 }
 
+/// Waits until repair moved every shard off `victim` and every instance
+/// is fully protected.
+async fn until_repaired(meta: &MetaClient, victim: u64) {
+    until(
+        "repair moves every shard off the lost node",
+        Duration::from_secs(60),
+        || async { on_node(meta, victim).await == 0 },
+    )
+    .await;
+    until(
+        "every instance fully protected",
+        Duration::from_secs(30),
+        || async { under_protected(meta).await == 0 },
+    )
+    .await;
+}
+
 async fn node_state(meta: &MetaClient, id: u64) -> Option<NodeState> {
     match meta
         .query(&Query::GetClusterMap {
@@ -161,18 +178,7 @@ async fn a_lost_node_is_rebuilt_newest_first_and_repair_resumes_after_a_restart(
     c.dev = kura_dev::DevCluster::start(config).await.expect("restart");
     // The restarted node is a fresh, empty one: still lost in the map.
     let meta = c.meta();
-    until(
-        "repair moves every shard off the lost node",
-        Duration::from_secs(60),
-        || async { on_node(&meta, victim).await == 0 },
-    )
-    .await;
-    until(
-        "every instance fully protected",
-        Duration::from_secs(30),
-        || async { under_protected(&meta).await == 0 },
-    )
-    .await;
+    until_repaired(&meta, victim).await;
 
     // Exact bytes, with the repaired shards actually used: stop one more
     // node of every site (each segment loses up to 3 shards of 9).
@@ -478,18 +484,7 @@ async fn two_gateways_rebuild_each_lost_shard_once() {
 
     c.dev.stop_storage_node(victim).await.expect("stop");
     std::fs::remove_dir_all(c.dev.storage_dir(victim)).expect("remove its data");
-    until(
-        "repair moves every shard off the lost node",
-        Duration::from_secs(60),
-        || async { on_node(&meta, victim).await == 0 },
-    )
-    .await;
-    until(
-        "every instance fully protected",
-        Duration::from_secs(30),
-        || async { under_protected(&meta).await == 0 },
-    )
-    .await;
+    until_repaired(&meta, victim).await;
     let a = c.dev.repair().expect("repair").status();
     let b = second.repair().expect("repair").status();
     // Each lost shard was rebuilt by exactly one of them: the bytes both
