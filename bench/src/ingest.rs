@@ -619,6 +619,22 @@ impl Drop for KuraDev {
 // ---------------------------------------------------------------------------
 // Kura over gRPC
 
+/// One client (its own connection) per stream, as that many PACS workers
+/// or modalities would each hold: with one shared connection every byte
+/// of every stream would pass one HTTP/2 connection's task, and with TLS
+/// its encryption would run on one core.
+async fn connect_each(
+    gateway: &str,
+    transport: &kura_auth::Transport,
+    streams: usize,
+) -> Result<Vec<ArchiveClient<Channel>>, String> {
+    let mut clients = Vec::with_capacity(streams.max(1));
+    for _ in 0..streams.max(1) {
+        clients.push(connect(gateway, transport).await?);
+    }
+    Ok(clients)
+}
+
 async fn connect(
     gateway: &str,
     transport: &kura_auth::Transport,
@@ -749,7 +765,7 @@ async fn kura_warm_up(client: &ArchiveClient<Channel>, set: &Set) -> Result<(), 
 /// Kura's ingest phase: returns the figures and, per instance number, the
 /// blake3 the gateway recorded.
 async fn kura_ingest_phase(
-    client: &ArchiveClient<Channel>,
+    clients: &[ArchiveClient<Channel>],
     set: &Arc<Set>,
     streams: usize,
     plan: Plan,
@@ -757,8 +773,8 @@ async fn kura_ingest_phase(
     let dispenser = Arc::new(Dispenser::new(plan));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let mut client = client.clone();
+    for i in 0..streams {
+        let mut client = clients[i % clients.len()].clone();
         let set = set.clone();
         let dispenser = dispenser.clone();
         tasks.push(tokio::spawn(async move {
@@ -793,7 +809,7 @@ async fn kura_ingest_phase(
 /// One pass of Kura's retrieve phase: every instance of `sent` once, from
 /// `streams` streams. Answers each retrieve's latency and the wall time.
 async fn kura_retrieve_pass(
-    client: &ArchiveClient<Channel>,
+    clients: &[ArchiveClient<Channel>],
     set: &Arc<Set>,
     sent: &Sent,
     streams: usize,
@@ -802,8 +818,8 @@ async fn kura_retrieve_pass(
     let dispenser = Arc::new(Dispenser::new(Plan::Count(count)));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let mut client = client.clone();
+    for i in 0..streams {
+        let mut client = clients[i % clients.len()].clone();
         let set = set.clone();
         let sent = sent.clone();
         let dispenser = dispenser.clone();
@@ -836,13 +852,13 @@ impl Passes {
     async fn run(
         &mut self,
         dev: &KuraDev,
-        client: &ArchiveClient<Channel>,
+        clients: &[ArchiveClient<Channel>],
         set: &Arc<Set>,
         sent: &Sent,
         streams: usize,
     ) -> Result<(), String> {
         let before = Cpu::now(dev.pid());
-        let (lat, seconds) = kura_retrieve_pass(client, set, sent, streams).await?;
+        let (lat, seconds) = kura_retrieve_pass(clients, set, sent, streams).await?;
         let after = Cpu::now(dev.pid());
         let used =
             |a: Option<f64>, b: Option<f64>, sum: Option<f64>| Some(sum.unwrap_or(0.0) + (b? - a?));
@@ -1449,7 +1465,8 @@ async fn real_main() -> Result<(), String> {
         &scratch.path().join("kura-dev.log"),
         false,
     )?;
-    let client = connect(&dev.gateway, &dev.transport).await?;
+    let most_streams = args.streams.iter().copied().max().unwrap_or(1);
+    let clients = connect_each(&dev.gateway, &dev.transport, most_streams).await?;
     // The same cluster in plaintext, measured right after, for the cost
     // of TLS and authentication (Kura's figures are the TLS ones).
     let plain_dev = KuraDev::start(
@@ -1458,7 +1475,8 @@ async fn real_main() -> Result<(), String> {
         &scratch.path().join("kura-dev-plain.log"),
         true,
     )?;
-    let plain_client = connect(&plain_dev.gateway, &plain_dev.transport).await?;
+    let plain_clients =
+        connect_each(&plain_dev.gateway, &plain_dev.transport, most_streams).await?;
     let run = format!(
         "{}.{}",
         SystemTime::now()
@@ -1469,9 +1487,9 @@ async fn real_main() -> Result<(), String> {
     );
     let slice_pool = pixel_pool(SLICE);
     let warm = Set::new(SLICE, format!("{run}.0"), slice_pool.clone());
-    kura_warm_up(&client, &warm).await?;
+    kura_warm_up(&clients[0], &warm).await?;
     kura_warm_up(
-        &plain_client,
+        &plain_clients[0],
         &Set::new(SLICE, format!("{run}.1000"), slice_pool.clone()),
     )
     .await?;
@@ -1508,7 +1526,7 @@ async fn real_main() -> Result<(), String> {
             eprintln!("{} × {streams} streams: kura store …", workload.label);
             let cpu = Cpu::now(dev.pid());
             let (kura_store_fig, recorded) =
-                kura_ingest_phase(&client, &set, streams, args.plan).await?;
+                kura_ingest_phase(&clients, &set, streams, args.plan).await?;
             let kura_store_fig = kura_store_fig.with_cpu(cpu, Cpu::now(dev.pid()));
             let count = kura_store_fig.ops;
             let sent: Sent = Arc::new((0..count).map(|n| set.blake3(n)).collect());
@@ -1530,7 +1548,7 @@ async fn real_main() -> Result<(), String> {
             ));
             let cpu = Cpu::now(plain_dev.pid());
             let (plain_store_fig, _) =
-                kura_ingest_phase(&plain_client, &plain_set, streams, args.plan).await?;
+                kura_ingest_phase(&plain_clients, &plain_set, streams, args.plan).await?;
             let plain_store_fig = plain_store_fig.with_cpu(cpu, Cpu::now(plain_dev.pid()));
             let plain_sent: Sent = Arc::new(
                 (0..plain_store_fig.ops)
@@ -1540,9 +1558,9 @@ async fn real_main() -> Result<(), String> {
             eprintln!("  kura retrieve, {RETRIEVE_ROUNDS} rounds of TLS and plaintext …");
             let (mut tls_passes, mut plain_passes) = (Passes::default(), Passes::default());
             for _ in 0..RETRIEVE_ROUNDS {
-                tls_passes.run(&dev, &client, &set, &sent, streams).await?;
+                tls_passes.run(&dev, &clients, &set, &sent, streams).await?;
                 plain_passes
-                    .run(&plain_dev, &plain_client, &plain_set, &plain_sent, streams)
+                    .run(&plain_dev, &plain_clients, &plain_set, &plain_sent, streams)
                     .await?;
             }
             let kura_read_fig = tls_passes.figures();

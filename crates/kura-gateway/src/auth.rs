@@ -225,16 +225,32 @@ impl Gate {
         code: tonic::Code,
         wait: std::time::Duration,
     ) {
-        if !self
+        self.queue_read(caller, action, touched, code, wait).await
+    }
+
+    /// Queues a read's audit record now; the answer waits at most `wait`
+    /// for its commit. A Retrieve streams its bytes meanwhile and awaits
+    /// this before its last chunk.
+    pub fn queue_read(
+        &self,
+        caller: &Caller,
+        action: &str,
+        touched: Touched,
+        code: tonic::Code,
+        wait: std::time::Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let committed = self
             .audit
-            .record_within(audit_record(caller, action, touched, code), wait)
-            .await
-        {
-            metrics::counter!("kura_audit_deferred_total").increment(1);
-            tracing::debug!(
-                action,
-                "audit entry not committed yet; answering, it stays queued"
-            );
+            .queue(audit_record(caller, action, touched, code), wait);
+        let action = action.to_string();
+        async move {
+            if !committed.await {
+                metrics::counter!("kura_audit_deferred_total").increment(1);
+                tracing::debug!(
+                    action,
+                    "audit entry not committed yet; answering, it stays queued"
+                );
+            }
         }
     }
 }

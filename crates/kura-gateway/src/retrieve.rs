@@ -39,13 +39,44 @@ pub(crate) type Sink = mpsc::Sender<Result<RetrieveResponse, Status>>;
 
 /// Streams `manifest`'s instance into `tx`. Errors are sent as the
 /// stream's final status.
-pub(crate) async fn stream(gw: Arc<Inner>, manifest: Arc<Manifest>, tx: Sink) {
+pub(crate) async fn stream(
+    gw: Arc<Inner>,
+    manifest: Arc<Manifest>,
+    tx: Sink,
+    audited: impl std::future::Future<Output = ()> + Send,
+) {
     let uid = manifest.sop_instance_uid.clone();
-    match stream_inner(&gw, &manifest, &tx).await {
-        Ok(()) => {
+    let last = stream_inner(&gw, &manifest, &tx).await;
+    // The audit entry committed while the bytes went out; the answer's
+    // end waits for it (at most the read audit wait).
+    audited.await;
+    let sent = match last {
+        Ok(Ok(last)) => {
+            let sent = match last {
+                Some(chunk) => {
+                    metrics::counter!("kura_gateway_sent_bytes_total")
+                        .increment(chunk.len() as u64);
+                    send(
+                        &tx,
+                        Ok(RetrieveResponse {
+                            msg: Some(retrieve_response::Msg::Chunk(chunk)),
+                        }),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            };
+            sent.map(|()| true)
+        }
+        Ok(Err(status)) => send(&tx, Err(status)).await.map(|()| false),
+        Err(Gone) => Err(Gone),
+    };
+    match sent {
+        Ok(true) => {
             metrics::counter!("kura_gateway_instances_retrieved_total").increment(1);
             tracing::debug!(sop_instance_uid = %uid, size = manifest.size, "instance retrieved");
         }
+        Ok(false) => {}
         Err(Gone) => tracing::debug!(sop_instance_uid = %uid, "client went away during retrieve"),
     }
 }
@@ -57,7 +88,12 @@ async fn send(tx: &Sink, msg: Result<RetrieveResponse, Status>) -> Result<(), Go
     tx.send(msg).await.map_err(|_| Gone)
 }
 
-async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> Result<(), Gone> {
+/// What ends a retrieve's answer: its last chunk (held back until the
+/// whole instance matched its blake3), or the error.
+type Last = Result<Option<Bytes>, Status>;
+
+/// Sends everything but the answer's end, and answers the end.
+async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> Result<Last, Gone> {
     send(
         tx,
         Ok(RetrieveResponse {
@@ -67,7 +103,7 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
     .await?;
     let state = match gw.cluster.state().await {
         Ok(s) => s,
-        Err(e) => return send(tx, Err(e.into_status())).await,
+        Err(e) => return Ok(Err(e.into_status())),
     };
     // The manifest may come from a voter's stale state; when a segment
     // cannot be read with it, the leader's copy is read once and, if the
@@ -122,11 +158,11 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
                         }
                     }
                 }
-                return send(tx, Err(e.into_status())).await;
+                return Ok(Err(e.into_status()));
             }
             Err(e) => {
                 let e = GatewayError::Internal(format!("segment read task failed: {e}"));
-                return send(tx, Err(e.into_status())).await;
+                return Ok(Err(e.into_status()));
             }
         };
         hasher.update(&data);
@@ -158,19 +194,9 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
             manifest.sop_instance_uid,
             manifest.blake3_hex()
         ));
-        return send(tx, Err(e.into_status())).await;
+        return Ok(Err(e.into_status()));
     }
-    if let Some(last) = held {
-        metrics::counter!("kura_gateway_sent_bytes_total").increment(last.len() as u64);
-        send(
-            tx,
-            Ok(RetrieveResponse {
-                msg: Some(retrieve_response::Msg::Chunk(last)),
-            }),
-        )
-        .await?;
-    }
-    Ok(())
+    Ok(Ok(held))
 }
 
 /// A fetch's outcome: the shard index, its holder, the bytes or why not.

@@ -109,6 +109,26 @@ impl ArchiveService {
         uid: &str,
         span: &tracing::Span,
     ) -> Result<Arc<Manifest>, GatewayError> {
+        let (r, audited) = self
+            .read_manifest_audit_queued(request, rpc, tenant, uid, span)
+            .await;
+        audited.await;
+        r
+    }
+
+    /// [`Self::read_manifest`], with the audit entry queued but not yet
+    /// waited for: the caller awaits the future before it answers.
+    async fn read_manifest_audit_queued<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+        tenant: &str,
+        uid: &str,
+        span: &tracing::Span,
+    ) -> (
+        Result<Arc<Manifest>, GatewayError>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let (caller, verdict) = self
             .inner
             .gate
@@ -120,17 +140,14 @@ impl ArchiveService {
         .instrument(span.clone())
         .await;
         let own = caller.own_tenant().unwrap_or(tenant).to_string();
-        self.inner
-            .gate
-            .record_read(
-                &caller,
-                rpc,
-                touched_instance(&own, uid, r.as_deref().ok()),
-                code_of(&r),
-                self.inner.config.read_audit_wait,
-            )
-            .await;
-        r
+        let audited = self.inner.gate.queue_read(
+            &caller,
+            rpc,
+            touched_instance(&own, uid, r.as_deref().ok()),
+            code_of(&r),
+            self.inner.config.read_audit_wait,
+        );
+        (r, audited)
     }
 
     /// The manifest of `uid` in `tenant`, for a read: from any voter's
@@ -255,8 +272,10 @@ impl Archive for ArchiveService {
         let started = Instant::now();
         let req = request.get_ref();
         let span = tracing::info_span!("Retrieve", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
-        let r = self
-            .read_manifest(
+        // The audit entry commits while the bytes are read and streamed;
+        // the last chunk waits for it (as a refusal's answer does).
+        let (r, audited) = self
+            .read_manifest_audit_queued(
                 &request,
                 "Retrieve",
                 &req.tenant,
@@ -268,10 +287,17 @@ impl Archive for ArchiveService {
             let _entered = span.enter();
             observe("Retrieve", started, &r);
         }
-        let manifest = r.map_err(GatewayError::into_status)?;
+        let manifest = match r {
+            Ok(m) => m,
+            Err(e) => {
+                audited.await;
+                return Err(e.into_status());
+            }
+        };
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(
-            crate::retrieve::stream(Arc::clone(&self.inner), manifest, tx).instrument(span),
+            crate::retrieve::stream(Arc::clone(&self.inner), manifest, tx, audited)
+                .instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -58,13 +58,24 @@ impl AuditSink {
     /// whether it was committed by then. A record not committed in time
     /// stays queued and is committed when the cluster can take it.
     pub async fn record_within(&self, record: AuditRecord, wait: Duration) -> bool {
+        self.queue(record, wait).await
+    }
+
+    /// Queues `record` now and answers a future that waits at most `wait`
+    /// for its commit (true if committed by then): a call can do its work
+    /// while its entry commits, and wait only before it answers.
+    pub fn queue(
+        &self,
+        record: AuditRecord,
+        wait: Duration,
+    ) -> impl std::future::Future<Output = bool> + Send + use<> {
         let (done, committed) = oneshot::channel();
-        if self.tx.try_send((self.stamp(record), Some(done))).is_err() {
+        let queued = self.tx.try_send((self.stamp(record), Some(done))).is_ok();
+        if !queued {
             metrics::counter!("kura_audit_dropped_total").increment(1);
             tracing::error!("audit queue full or closed: an audit record was dropped");
-            return false;
         }
-        matches!(tokio::time::timeout(wait, committed).await, Ok(Ok(true)))
+        async move { queued && matches!(tokio::time::timeout(wait, committed).await, Ok(Ok(true))) }
     }
 
     /// Queues `record` without waiting (refusals seen where no task can
