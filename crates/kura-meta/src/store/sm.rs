@@ -60,19 +60,19 @@ struct CurrentSnapshot {
 
 /// Key of a manifest: tenant 0x00 SOP Instance UID. Tenants and UIDs never
 /// contain 0x00 (validated at the edge), so keys sort by tenant then UID.
-/// Where a repair lease on (tenant, uid) lives in the `sm` column family.
-fn repair_lease_key(tenant: &str, uid: &str) -> Vec<u8> {
-    let mut key = b"repair_lease/".to_vec();
-    key.extend(manifest_key(tenant, uid));
-    key
-}
-
 pub fn manifest_key(tenant: &str, uid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(tenant.len() + uid.len() + 1);
     k.extend_from_slice(tenant.as_bytes());
     k.push(0);
     k.extend_from_slice(uid.as_bytes());
     k
+}
+
+/// Where a repair lease on (tenant, uid) lives in the `sm` column family.
+fn repair_lease_key(tenant: &str, uid: &str) -> Vec<u8> {
+    let mut key = b"repair_lease/".to_vec();
+    key.extend(manifest_key(tenant, uid));
+    key
 }
 
 fn study_prefix(tenant: &str, study: &str) -> Vec<u8> {
