@@ -228,6 +228,23 @@ impl MetaServer {
                     self.reader.shards_referenced(node, &shards)?,
                 ))
             }
+            Query::Retention {
+                tenant,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                Ok(QueryResult::Retention(self.reader.retention(&tenant)?))
+            }
+            Query::LegalHold {
+                tenant,
+                study_instance_uid,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                Ok(QueryResult::LegalHold(
+                    self.reader.legal_hold(&tenant, &study_instance_uid)?,
+                ))
+            }
             Query::ManifestsOnNode {
                 node,
                 after,

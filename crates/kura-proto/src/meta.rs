@@ -88,6 +88,40 @@ pub enum Command {
         claim: Vec<(String, String)>,
         release: Vec<(String, String)>,
     },
+    /// Deletes instances of `tenant`, manifests first: their shards are
+    /// then referenced by nothing, and storage nodes reclaim them after
+    /// the orphan grace period. Refused whole, changing nothing, when any
+    /// of them is within its retention (judged at `now_unix_ms`, the
+    /// proposer's clock) or its study is on legal hold. UIDs with no
+    /// manifest are counted and skipped, so a retried delete is a no-op.
+    DeleteManifests {
+        tenant: String,
+        uids: Vec<String>,
+        now_unix_ms: i64,
+    },
+    /// Sets the retention period of `tenant` (days from each instance's
+    /// store during which it cannot be deleted), or clears it (`None`).
+    SetRetention { tenant: String, days: Option<u32> },
+    /// Puts a study on legal hold (no instance of it can be deleted until
+    /// released), or releases it (`None`).
+    SetLegalHold {
+        tenant: String,
+        study_instance_uid: String,
+        hold: Option<LegalHold>,
+    },
+}
+
+/// The most instances one `DeleteManifests` may name.
+pub const DELETE_BATCH_MAX: usize = 1000;
+/// The longest retention period accepted, in days (100 years).
+pub const RETENTION_DAYS_MAX: u32 = 36_525;
+
+/// A legal hold on a study: why, since when, set by whom.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegalHold {
+    pub reason: String,
+    pub since_unix_ms: i64,
+    pub by: String,
 }
 
 /// The most instances one `ClaimRepair` may claim or release.
@@ -214,6 +248,9 @@ impl Command {
             Command::AppendAudit(_) => "append_audit",
             Command::PutToken(_) => "put_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::DeleteManifests { .. } => "delete_manifests",
+            Command::SetRetention { .. } => "set_retention",
+            Command::SetLegalHold { .. } => "set_legal_hold",
             Command::ClaimRepair { .. } => "claim_repair",
         }
     }
@@ -301,6 +338,47 @@ impl Command {
                     .chain(release)
                     .try_for_each(|(tenant, _)| validate_tenant(tenant))
             }
+            Command::DeleteManifests { tenant, uids, .. } => {
+                validate_tenant(tenant)?;
+                if uids.is_empty() || uids.len() > DELETE_BATCH_MAX {
+                    return Err(format!(
+                        "a delete names 1 to {DELETE_BATCH_MAX} instances, not {}",
+                        uids.len()
+                    ));
+                }
+                uids.iter().try_for_each(|u| {
+                    if u.is_empty() {
+                        return Err("an empty SOP Instance UID".to_string());
+                    }
+                    validate_uid("SOP Instance UID", u)
+                })
+            }
+            Command::SetRetention { tenant, days } => {
+                validate_tenant(tenant)?;
+                match days {
+                    Some(d) if *d > RETENTION_DAYS_MAX => Err(format!(
+                        "a retention period is at most {RETENTION_DAYS_MAX} days, not {d}"
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            Command::SetLegalHold {
+                tenant,
+                study_instance_uid,
+                hold,
+            } => {
+                validate_tenant(tenant)?;
+                if study_instance_uid.is_empty() {
+                    return Err("an empty Study Instance UID".into());
+                }
+                validate_uid("Study Instance UID", study_instance_uid)?;
+                match hold {
+                    Some(h) if h.reason.trim().is_empty() || h.reason.len() > 1024 => {
+                        Err("a legal hold gives its reason, 1 to 1024 bytes".into())
+                    }
+                    _ => Ok(()),
+                }
+            }
             Command::RevokeToken { id, .. } => {
                 if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(format!("token id {id:?} is not 16 hex digits"));
@@ -346,11 +424,16 @@ fn validate_manifest(m: &Manifest) -> Result<(), String> {
         ("Study Instance UID", &m.study_instance_uid),
         ("Series Instance UID", &m.series_instance_uid),
     ] {
-        if uid.len() > UID_BYTES_MAX || uid.bytes().any(|b| !(b.is_ascii_digit() || b == b'.')) {
-            return Err(format!("{what} {uid:?} is not a DICOM UID"));
-        }
+        validate_uid(what, uid)?;
     }
     m.validate().map_err(|e| e.to_string())
+}
+
+fn validate_uid(what: &str, uid: &str) -> Result<(), String> {
+    if uid.len() > UID_BYTES_MAX || uid.bytes().any(|b| !(b.is_ascii_digit() || b == b'.')) {
+        return Err(format!("{what} {uid:?} is not a DICOM UID"));
+    }
+    Ok(())
 }
 
 /// What a committed command did.
@@ -386,6 +469,10 @@ pub enum Applied {
     /// Repair leases: for each claimed instance, whether it is now the
     /// proposer's (in order).
     RepairClaimed { granted: Vec<bool> },
+    /// Instances deleted, and those named that had no manifest.
+    Deleted { deleted: u64, absent: u64 },
+    /// A retention period or legal hold was set or cleared.
+    PolicySet,
 }
 
 /// A command the state machine refused; nothing changed.
@@ -410,6 +497,20 @@ pub enum Rejected {
     /// The command is malformed or not allowed in this state.
     #[error("invalid command: {0}")]
     Invalid(String),
+    /// A delete of an instance still within its retention period.
+    #[error(
+        "instance {sop_instance_uid} is within its retention period until {until_unix_ms} ms since epoch"
+    )]
+    Retained {
+        sop_instance_uid: String,
+        until_unix_ms: i64,
+    },
+    /// A delete of an instance whose study is on legal hold.
+    #[error("study {study_instance_uid} is on legal hold ({reason})")]
+    OnLegalHold {
+        study_instance_uid: String,
+        reason: String,
+    },
 }
 
 /// How fresh a read must be.
@@ -514,6 +615,17 @@ pub enum Query {
         shards: Vec<([u8; 32], u32, u8)>,
         consistency: Consistency,
     },
+    /// The retention period of a tenant, in days (`None`: none set).
+    Retention {
+        tenant: String,
+        consistency: Consistency,
+    },
+    /// The legal hold on a study, if any.
+    LegalHold {
+        tenant: String,
+        study_instance_uid: String,
+        consistency: Consistency,
+    },
 }
 
 /// The answer to a [`Query`].
@@ -554,6 +666,8 @@ pub enum QueryResult {
     Tokens(Vec<TokenRecord>),
     /// One answer per asked shard, in order.
     ShardsReferenced(Vec<ShardReference>),
+    Retention(Option<u32>),
+    LegalHold(Option<LegalHold>),
 }
 
 /// A voter of the metadata cluster: its Raft id and the address of its

@@ -15,8 +15,8 @@ use kura_erasure::EcParams;
 use kura_placement::{ClusterMap, Manifest, NodeId, Protection};
 use kura_proto::codec;
 use kura_proto::meta::{
-    Applied, AuditEntry, AuditVerdict, Command, CommandResult, DamagedShard, Rejected, RepairLease,
-    ShardReference, TokenRecord,
+    Applied, AuditEntry, AuditVerdict, Command, CommandResult, DamagedShard, LegalHold, Rejected,
+    RepairLease, ShardReference, TokenRecord,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend};
@@ -66,6 +66,47 @@ pub fn manifest_key(tenant: &str, uid: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(uid.as_bytes());
     k
+}
+
+/// Where a tenant's retention period lives in the `sm` column family.
+fn retention_key(tenant: &str) -> Vec<u8> {
+    let mut key = b"retention/".to_vec();
+    key.extend_from_slice(tenant.as_bytes());
+    key
+}
+
+/// Where a study's legal hold lives in the `sm` column family.
+fn legal_hold_key(tenant: &str, study: &str) -> Vec<u8> {
+    let mut key = b"legal_hold/".to_vec();
+    key.extend(study_prefix(tenant, study));
+    key
+}
+
+/// Until when an instance may not be deleted: its own retain-until, or
+/// the tenant's retention period counted from its store, the later.
+pub fn retained_until(m: &Manifest, retention_days: Option<u32>) -> Option<i64> {
+    let by_tenant = retention_days.map(|d| {
+        m.stored_at_unix_ms
+            .saturating_add(i64::from(d) * 86_400_000)
+    });
+    match (m.retain_until_unix_ms, by_tenant) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Removes a manifest and every index entry that names it.
+fn unindex(txn: &mut Txn<'_>, m: &Manifest) {
+    for id in holder_ids(m) {
+        txn.delete(CF_HOLDERS, holders_key(id, m));
+    }
+    if needs_attention(m) {
+        txn.delete(CF_ATTENTION, attention_key(m));
+    }
+    txn.delete(CF_STUDY, study_key(m));
+    txn.delete(CF_OBJECTS, m.object_key.to_vec());
+    txn.delete(CF_SM, repair_lease_key(&m.tenant, &m.sop_instance_uid));
+    txn.delete(CF_MANIFESTS, manifest_key(&m.tenant, &m.sop_instance_uid));
 }
 
 /// Where a repair lease on (tenant, uid) lives in the `sm` column family.
@@ -341,6 +382,16 @@ impl StateReader {
             out.push(answer);
         }
         Ok(out)
+    }
+
+    /// The retention period of `tenant`, in days.
+    pub fn retention(&self, tenant: &str) -> Result<Option<u32>, StorageError> {
+        self.get(CF_SM, &retention_key(tenant))
+    }
+
+    /// The legal hold on a study, if any.
+    pub fn legal_hold(&self, tenant: &str, study: &str) -> Result<Option<LegalHold>, StorageError> {
+        self.get(CF_SM, &legal_hold_key(tenant, study))
     }
 
     /// Manifest counts.
@@ -1037,6 +1088,79 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
                 granted.push(free);
             }
             Ok(Ok(Applied::RepairClaimed { granted }))
+        }
+        Command::DeleteManifests {
+            tenant,
+            uids,
+            now_unix_ms,
+        } => {
+            let retention: Option<u32> = txn.get(CF_SM, &retention_key(&tenant))?;
+            let mut found: Vec<Manifest> = Vec::with_capacity(uids.len());
+            let mut absent = 0u64;
+            for uid in &uids {
+                let Some(m) = txn.get::<Manifest>(CF_MANIFESTS, &manifest_key(&tenant, uid))?
+                else {
+                    absent += 1;
+                    continue;
+                };
+                if found
+                    .iter()
+                    .any(|f| f.sop_instance_uid == m.sop_instance_uid)
+                {
+                    continue;
+                }
+                if let Some(until) = retained_until(&m, retention)
+                    && until > now_unix_ms
+                {
+                    return Ok(Err(Rejected::Retained {
+                        sop_instance_uid: m.sop_instance_uid,
+                        until_unix_ms: until,
+                    }));
+                }
+                if let Some(hold) =
+                    txn.get::<LegalHold>(CF_SM, &legal_hold_key(&tenant, &m.study_instance_uid))?
+                {
+                    return Ok(Err(Rejected::OnLegalHold {
+                        study_instance_uid: m.study_instance_uid,
+                        reason: hold.reason,
+                    }));
+                }
+                found.push(m);
+            }
+            if !found.is_empty() {
+                let mut counts: ManifestCounts = txn.get(CF_SM, KEY_COUNTS)?.unwrap_or_default();
+                for m in &found {
+                    counts.total = counts.total.saturating_sub(1);
+                    if m.protection == Protection::UnderProtected {
+                        counts.under_protected = counts.under_protected.saturating_sub(1);
+                    }
+                    unindex(txn, m);
+                }
+                txn.put(CF_SM, KEY_COUNTS.to_vec(), &counts)?;
+            }
+            Ok(Ok(Applied::Deleted {
+                deleted: found.len() as u64,
+                absent,
+            }))
+        }
+        Command::SetRetention { tenant, days } => {
+            match days {
+                Some(d) => txn.put(CF_SM, retention_key(&tenant), &d)?,
+                None => txn.delete(CF_SM, retention_key(&tenant)),
+            }
+            Ok(Ok(Applied::PolicySet))
+        }
+        Command::SetLegalHold {
+            tenant,
+            study_instance_uid,
+            hold,
+        } => {
+            let key = legal_hold_key(&tenant, &study_instance_uid);
+            match hold {
+                Some(h) => txn.put(CF_SM, key, &h)?,
+                None => txn.delete(CF_SM, key),
+            }
+            Ok(Ok(Applied::PolicySet))
         }
         Command::RemoveNode { id, force: false }
             if txn.any_with_prefix(CF_HOLDERS, &id.to_be_bytes())? =>

@@ -641,3 +641,177 @@ async fn a_stale_read_goes_around_a_silent_voter() {
     );
     hold.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_respects_retention_and_legal_hold_and_leaves_no_index_entry() {
+    let c = TestCluster::start(3, fast_timings()).await;
+    let client = c.client();
+    for n in 1..=3 {
+        put(&client, n).await;
+    }
+    let stored = get(&client, 1).await.expect("stored");
+    let day = 86_400_000i64;
+    let propose = |cmd: Command| {
+        let client = client.clone();
+        async move {
+            client
+                .propose(&cmd, Retry::Idempotent)
+                .await
+                .expect("propose")
+        }
+    };
+    let delete = |uids: Vec<String>, now: i64| Command::DeleteManifests {
+        tenant: TENANT.into(),
+        uids,
+        now_unix_ms: now,
+    };
+    let counts = || {
+        let client = client.clone();
+        async move {
+            match client
+                .query(&Query::CountManifests {
+                    consistency: Consistency::Linearizable,
+                })
+                .await
+                .expect("counts")
+            {
+                QueryResult::ManifestCounts { total, .. } => total,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    assert_eq!(counts().await, 3);
+
+    // Within the tenant's retention: refused whole, naming the date.
+    let r = propose(Command::SetRetention {
+        tenant: TENANT.into(),
+        days: Some(30),
+    })
+    .await;
+    assert_eq!(r, Ok(Applied::PolicySet));
+    let now = stored.stored_at_unix_ms + 10 * day;
+    match propose(delete(vec![uid(2), uid(1)], now)).await {
+        Err(Rejected::Retained { until_unix_ms, .. }) => {
+            assert_eq!(until_unix_ms, stored.stored_at_unix_ms + 30 * day)
+        }
+        other => panic!("a retained instance must be refused: {other:?}"),
+    }
+    assert_eq!(counts().await, 3, "a refused delete changes nothing");
+    assert!(get(&client, 2).await.is_some());
+
+    // Past the retention, but the study is on legal hold.
+    let hold = kura_proto::meta::LegalHold {
+        reason: "litigation 2026-17".into(),
+        since_unix_ms: now,
+        by: "admin".into(),
+    };
+    let r = propose(Command::SetLegalHold {
+        tenant: TENANT.into(),
+        study_instance_uid: crate::fixtures::STUDY.into(),
+        hold: Some(hold.clone()),
+    })
+    .await;
+    assert_eq!(r, Ok(Applied::PolicySet));
+    match client
+        .query(&Query::LegalHold {
+            tenant: TENANT.into(),
+            study_instance_uid: crate::fixtures::STUDY.into(),
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::LegalHold(Some(h))) => assert_eq!(h, hold),
+        other => panic!("the hold: {other:?}"),
+    }
+    let later = stored.stored_at_unix_ms + 31 * day;
+    match propose(delete(vec![uid(1)], later)).await {
+        Err(Rejected::OnLegalHold { reason, .. }) => assert_eq!(reason, hold.reason),
+        other => panic!("a held study must be refused: {other:?}"),
+    }
+    assert_eq!(counts().await, 3);
+
+    // Released: deleted, and gone from every index.
+    propose(Command::SetLegalHold {
+        tenant: TENANT.into(),
+        study_instance_uid: crate::fixtures::STUDY.into(),
+        hold: None,
+    })
+    .await
+    .expect("release");
+    let r = propose(delete(vec![uid(1), uid(9)], later)).await;
+    assert_eq!(
+        r,
+        Ok(Applied::Deleted {
+            deleted: 1,
+            absent: 1
+        })
+    );
+    assert!(get(&client, 1).await.is_none());
+    assert_eq!(counts().await, 2);
+    let node = stored.segments[0].shards[0].node.expect("placed");
+    match client
+        .query(&Query::ShardsReferenced {
+            node,
+            shards: vec![(stored.object_key, 0, 0)],
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::ShardsReferenced(r)) => assert_eq!(r, [ShardReference::NoManifest]),
+        other => panic!("shards of a deleted instance: {other:?}"),
+    }
+    match client
+        .query(&Query::ManifestsOnNode {
+            node,
+            after: None,
+            limit: 100,
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::ManifestPage { manifests, .. }) => assert!(
+            manifests.iter().all(|m| m.sop_instance_uid != uid(1)),
+            "the holder index forgot it"
+        ),
+        other => panic!("manifests on node {node}: {other:?}"),
+    }
+    match client
+        .query(&Query::ListStudy {
+            tenant: TENANT.into(),
+            study_instance_uid: crate::fixtures::STUDY.into(),
+            series_instance_uid: None,
+            after: None,
+            limit: 100,
+            consistency: Consistency::Linearizable,
+        })
+        .await
+    {
+        Ok(QueryResult::StudyPage { manifests, .. }) => {
+            let uids: Vec<_> = manifests
+                .iter()
+                .map(|m| m.sop_instance_uid.clone())
+                .collect();
+            assert_eq!(uids, [uid(2), uid(3)]);
+        }
+        other => panic!("the study: {other:?}"),
+    }
+    // A retried delete is a no-op; the UID can be stored anew.
+    let r = propose(delete(vec![uid(1)], later)).await;
+    assert_eq!(
+        r,
+        Ok(Applied::Deleted {
+            deleted: 0,
+            absent: 1
+        })
+    );
+    put(&client, 1).await;
+    assert_eq!(counts().await, 3);
+    // Bad input is refused at the edge.
+    match client
+        .propose(&delete(Vec::new(), later), Retry::Idempotent)
+        .await
+    {
+        Err(MetaClientError::InvalidArgument(why)) => assert!(why.contains("1 to"), "{why}"),
+        other => panic!("an empty delete must be refused: {other:?}"),
+    }
+}
