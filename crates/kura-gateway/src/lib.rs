@@ -16,6 +16,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
+mod delete;
 pub mod error;
 pub mod info;
 pub mod ingest;

@@ -11,8 +11,9 @@ use kura_proto::meta::{Consistency, LIST_PAGE_MAX, Query, QueryResult};
 use kura_proto::v1::archive_server::Archive;
 use kura_proto::v1::instance_protection::State as InstanceState;
 use kura_proto::v1::{
-    InstanceInfo, InstanceProtection, ListStudyRequest, RetrieveRequest, RetrieveResponse,
-    StatRequest, StoreRequest, StoreResponse, StudyProtectionRequest, StudyProtectionResponse,
+    DeleteRequest, DeleteResponse, DeleteStudyRequest, InstanceInfo, InstanceProtection,
+    ListStudyRequest, RetrieveRequest, RetrieveResponse, StatRequest, StoreRequest, StoreResponse,
+    StudyProtectionRequest, StudyProtectionResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -173,14 +174,9 @@ impl ArchiveService {
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "no voter answered a stale manifest read"),
         }
-        match crate::manifests::from_leader(&self.inner, tenant, uid).await? {
-            Some(m) => Ok(m),
-            None => Err(GatewayError::NotFound {
-                resource_type: "instance",
-                resource_name: uid.to_string(),
-                message: format!("no instance {uid} in tenant {tenant}"),
-            }),
-        }
+        crate::manifests::from_leader(&self.inner, tenant, uid)
+            .await?
+            .ok_or_else(|| not_found_instance(tenant, uid))
     }
 
     /// The first page of a study (NOT_FOUND when it has no instance).
@@ -209,6 +205,14 @@ impl ArchiveService {
                 "unexpected answer to ListStudy: {other:?}"
             ))),
         }
+    }
+}
+
+fn not_found_instance(tenant: &str, uid: &str) -> GatewayError {
+    GatewayError::NotFound {
+        resource_type: "instance",
+        resource_name: uid.to_string(),
+        message: format!("no instance {uid} in tenant {tenant}"),
     }
 }
 
@@ -498,6 +502,123 @@ impl Archive for ArchiveService {
             )
             .await;
         observe("StudyProtection", started, &r);
+        r.map(Response::new).map_err(GatewayError::into_status)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let started = Instant::now();
+        let (caller, verdict) = self
+            .inner
+            .gate
+            .authorize(&request, "Delete", &[ClientRole::Admin]);
+        let req = request.into_inner();
+        let span = tracing::info_span!("Delete", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
+        let mut touched = None;
+        let r = async {
+            let tenant = resolve(&caller, verdict, &req.tenant)?;
+            check_tenant(&tenant)?;
+            check_uid("sop_instance_uid", &req.sop_instance_uid)?;
+            // The manifest first, for the audit entry (who deleted which
+            // patient's instance) and a clear NOT_FOUND.
+            let m = crate::manifests::from_leader(&self.inner, &tenant, &req.sop_instance_uid)
+                .await?
+                .ok_or_else(|| not_found_instance(&tenant, &req.sop_instance_uid))?;
+            touched = Some(touched_instance(&tenant, &req.sop_instance_uid, Some(&m)));
+            let deleted = crate::delete::instances(
+                &self.inner,
+                &tenant,
+                std::slice::from_ref(&req.sop_instance_uid),
+            )
+            .await?;
+            if deleted == 0 {
+                return Err(not_found_instance(&tenant, &req.sop_instance_uid));
+            }
+            tracing::info!(size = m.size, blake3 = %m.blake3_hex(), "instance deleted");
+            Ok(DeleteResponse { deleted })
+        }
+        .instrument(span)
+        .await;
+        let own = caller.own_tenant().unwrap_or(&req.tenant).to_string();
+        let touched =
+            touched.unwrap_or_else(|| touched_instance(&own, &req.sop_instance_uid, None));
+        self.inner
+            .gate
+            .record(&caller, "Delete", touched, code_of(&r))
+            .await;
+        observe("Delete", started, &r);
+        r.map(Response::new).map_err(GatewayError::into_status)
+    }
+
+    async fn delete_study(
+        &self,
+        request: Request<DeleteStudyRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let started = Instant::now();
+        let (caller, verdict) =
+            self.inner
+                .gate
+                .authorize(&request, "DeleteStudy", &[ClientRole::Admin]);
+        let req = request.into_inner();
+        let span = tracing::info_span!("DeleteStudy", tenant = %req.tenant, study = %req.study_instance_uid);
+        let r = async {
+            let tenant = resolve(&caller, verdict, &req.tenant)?;
+            check_tenant(&tenant)?;
+            check_uid("study_instance_uid", &req.study_instance_uid)?;
+            let list = ListStudyRequest {
+                tenant: tenant.clone(),
+                study_instance_uid: req.study_instance_uid.clone(),
+                series_instance_uid: None,
+            };
+            let mut manifests = Vec::new();
+            let mut after = None;
+            loop {
+                let (page, next) = self.study_page(&list, after).await?;
+                manifests.extend(page);
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            if manifests.is_empty() {
+                return Err(GatewayError::NotFound {
+                    resource_type: "study",
+                    resource_name: req.study_instance_uid.clone(),
+                    message: format!(
+                        "no instance of study {} in tenant {tenant}",
+                        req.study_instance_uid
+                    ),
+                });
+            }
+            // Refused whole: every instance is checked before any goes.
+            crate::delete::check_study(&self.inner, &tenant, &req.study_instance_uid, &manifests)
+                .await?;
+            let uids: Vec<String> = manifests
+                .iter()
+                .map(|m| m.sop_instance_uid.clone())
+                .collect();
+            let deleted = crate::delete::instances(&self.inner, &tenant, &uids).await?;
+            tracing::info!(deleted, "study deleted");
+            Ok(DeleteResponse { deleted })
+        }
+        .instrument(span)
+        .await;
+        self.inner
+            .gate
+            .record(
+                &caller,
+                "DeleteStudy",
+                Touched {
+                    tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
+                    study_instance_uid: req.study_instance_uid.clone(),
+                    ..Touched::default()
+                },
+                code_of(&r),
+            )
+            .await;
+        observe("DeleteStudy", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)
     }
 }

@@ -165,6 +165,16 @@ mod tests {
         assert_eq!(ls.study, "1.2");
         assert_eq!(ls.series.as_deref(), Some("1.2.3"));
 
+        let Ok(Command::Client(ClientCommand::Delete(d))) =
+            parse(&["delete", "--study", "1.2", "--yes", "--json"])
+        else {
+            panic!("delete did not parse");
+        };
+        assert_eq!(
+            (d.uid, d.study.as_deref(), d.yes),
+            (None, Some("1.2"), true)
+        );
+
         // Usage errors.
         for bad in [
             &["store"][..],
@@ -173,6 +183,8 @@ mod tests {
             &["retrieve", "1.2.3"],
             &["ls"],
             &["stat"],
+            &["delete"],
+            &["delete", "1.2.3", "--study", "1.2"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }

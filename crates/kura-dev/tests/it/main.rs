@@ -4,6 +4,7 @@
 
 mod archive;
 mod degraded;
+mod delete;
 mod harness;
 mod liveness;
 mod ops;

@@ -94,6 +94,32 @@ pub enum ClientCommand {
     Stat(StatArgs),
     /// List the instances of a study (optionally of one series in it).
     Ls(LsArgs),
+    /// Delete one instance, or a whole study with --study (needs an admin
+    /// credential of the tenant; refused while retained or on legal hold).
+    /// Asks for confirmation unless --yes.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// SOP Instance UID of the instance to delete.
+    #[arg(
+        value_name = "UID",
+        required_unless_present = "study",
+        conflicts_with = "study"
+    )]
+    pub uid: Option<String>,
+    /// Delete every instance of this Study Instance UID instead.
+    #[arg(long, value_name = "UID")]
+    pub study: Option<String>,
+    /// Do not ask for confirmation (scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// Where the gateway is and whose data this is; shared by every client
@@ -249,6 +275,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<ExitCode> {
             ClientCommand::Retrieve(args) => retrieve(args).await,
             ClientCommand::Stat(args) => stat(args).await,
             ClientCommand::Ls(args) => ls(args).await,
+            ClientCommand::Delete(args) => delete(args).await,
         }
     });
     match result {
@@ -680,6 +707,74 @@ async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
         let mut out = stdout.lock();
         write_info(&mut out, &info)?;
         out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let (what, target) = match (&args.uid, &args.study) {
+        (_, Some(study)) => (
+            format!("delete study {study}"),
+            format!("every instance of study {study}"),
+        ),
+        (Some(uid), None) => (format!("delete {uid}"), format!("instance {uid}")),
+        (None, None) => anyhow::bail!("name an instance UID or --study UID"),
+    };
+    if !args.yes {
+        use std::io::{BufRead, IsTerminal};
+        if !io::stdin().is_terminal() {
+            anyhow::bail!("{what}: not confirmed (pass --yes when there is no terminal to ask)");
+        }
+        eprint!("Delete {target} for good? Type yes to confirm: ");
+        let mut answer = String::new();
+        io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            eprintln!("nothing deleted");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let (mut client, endpoint, tenant) = connect(&args.connect, ClientRole::Admin)
+        .await
+        .context(what.clone())?;
+    let answer = match (&args.uid, &args.study) {
+        (_, Some(study)) => {
+            client
+                .delete_study(with_timeout(
+                    kura_proto::v1::DeleteStudyRequest {
+                        tenant: tenant.clone(),
+                        study_instance_uid: study.clone(),
+                    },
+                    METADATA_CALL_TIMEOUT,
+                ))
+                .await
+        }
+        (uid, None) => {
+            client
+                .delete(with_timeout(
+                    kura_proto::v1::DeleteRequest {
+                        tenant: tenant.clone(),
+                        sop_instance_uid: uid.clone().unwrap_or_default(),
+                    },
+                    METADATA_CALL_TIMEOUT,
+                ))
+                .await
+        }
+    }
+    .map_err(|status| RpcError::new(&status, &endpoint))
+    .context(what)?
+    .into_inner();
+    if args.json {
+        print_json(&serde_json::json!({
+            "tenant": tenant,
+            "sop_instance_uid": args.uid,
+            "study_instance_uid": args.study,
+            "deleted": answer.deleted,
+        }))?;
+    } else {
+        println!(
+            "deleted {} instance(s); their shards are reclaimed after the storage nodes' orphan grace period",
+            answer.deleted
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

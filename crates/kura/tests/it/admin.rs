@@ -327,6 +327,35 @@ fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
     let p = json_of(&o);
     assert_eq!(p["survives_site_loss"], true, "{p}");
 
+    // Delete: not without confirmation (no terminal to ask), then for good.
+    let uid = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322";
+    let o = kura(&["delete", uid, "--endpoint", &gateway, "--certs", &certs]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = kura(&[
+        "delete",
+        uid,
+        "--yes",
+        "--json",
+        "--endpoint",
+        &gateway,
+        "--certs",
+        &certs,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json_of(&o)["deleted"], 1);
+    let o = kura(&["stat", uid, "--endpoint", &gateway, "--certs", &certs]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("NOT_FOUND"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // Profile: an impossible one is refused, a sound one taken.
     let o = admin(&["set-profile", "9", "9"]);
     assert_eq!(
