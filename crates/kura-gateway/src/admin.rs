@@ -851,6 +851,99 @@ impl Admin for AdminService {
         self.run(&caller, "CreateToken", started, r).await
     }
 
+    async fn set_retention(
+        &self,
+        request: Request<pb::SetRetentionRequest>,
+    ) -> Result<Response<pb::Retention>, Status> {
+        let started = Instant::now();
+        let caller = admitted(&request);
+        let req = request.into_inner();
+        let r = async {
+            let tenant = caller.tenant("tenant", &req.tenant)?;
+            kura_auth::validate_tenant(&tenant)
+                .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))?;
+            if req.days > kura_proto::meta::RETENTION_DAYS_MAX {
+                return Err(GatewayError::invalid(
+                    "days",
+                    "BAD_RETENTION",
+                    format!(
+                        "a retention period is at most {} days, not {}",
+                        kura_proto::meta::RETENTION_DAYS_MAX,
+                        req.days
+                    ),
+                ));
+            }
+            self.propose(Command::SetRetention {
+                tenant: tenant.clone(),
+                days: (req.days > 0).then_some(req.days),
+            })
+            .await?;
+            Ok(pb::Retention {
+                tenant,
+                days: req.days,
+            })
+        }
+        .await;
+        self.run(&caller, "SetRetention", started, r).await
+    }
+
+    async fn set_legal_hold(
+        &self,
+        request: Request<pb::SetLegalHoldRequest>,
+    ) -> Result<Response<pb::LegalHoldState>, Status> {
+        let started = Instant::now();
+        let caller = admitted(&request);
+        let req = request.into_inner();
+        let r = async {
+            let tenant = caller.tenant("tenant", &req.tenant)?;
+            kura_auth::validate_tenant(&tenant)
+                .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))?;
+            let study = &req.study_instance_uid;
+            if study.is_empty()
+                || study.len() > 64
+                || !study.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            {
+                return Err(GatewayError::invalid(
+                    "study_instance_uid",
+                    "BAD_UID",
+                    format!("{study:?} is not a DICOM UID"),
+                ));
+            }
+            let hold = if req.hold {
+                if req.reason.trim().is_empty() || req.reason.len() > 1024 {
+                    return Err(GatewayError::invalid(
+                        "reason",
+                        "BAD_REASON",
+                        "a legal hold gives its reason, 1 to 1024 bytes",
+                    ));
+                }
+                Some(kura_proto::meta::LegalHold {
+                    reason: req.reason.clone(),
+                    since_unix_ms: kura_proto::audit::now_ms(),
+                    by: caller.who(),
+                })
+            } else {
+                None
+            };
+            self.propose(Command::SetLegalHold {
+                tenant: tenant.clone(),
+                study_instance_uid: study.clone(),
+                hold: hold.clone(),
+            })
+            .await?;
+            Ok(pb::LegalHoldState {
+                tenant,
+                study_instance_uid: study.clone(),
+                held: hold.is_some(),
+                reason: hold.as_ref().map(|h| h.reason.clone()).unwrap_or_default(),
+                since_unix_ms: hold.as_ref().map_or(0, |h| h.since_unix_ms),
+                by: hold.map(|h| h.by).unwrap_or_default(),
+            })
+        }
+        .await;
+        self.run(&caller, "SetLegalHold", started, r).await
+    }
+
     async fn list_tokens(
         &self,
         request: Request<pb::ListTokensRequest>,

@@ -134,7 +134,7 @@ pub(crate) async fn check_study(
 
 /// Until when an instance may not be deleted (as the metadata cluster
 /// judges it).
-fn retained_until(m: &kura_placement::Manifest, days: Option<u32>) -> Option<i64> {
+pub(crate) fn retained_until(m: &kura_placement::Manifest, days: Option<u32>) -> Option<i64> {
     let by_tenant = days.map(|d| {
         m.stored_at_unix_ms
             .saturating_add(i64::from(d) * 86_400_000)
@@ -143,4 +143,56 @@ fn retained_until(m: &kura_placement::Manifest, days: Option<u32>) -> Option<i64
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The retention and legal hold an instance is under, for Stat: until when
+/// it is retained (if later than now) and its study's hold reason. Read
+/// from any voter (stale), like the manifest.
+pub(crate) async fn policies(
+    gw: &Arc<Inner>,
+    m: &kura_placement::Manifest,
+) -> Result<(i64, String), GatewayError> {
+    let meta = gw.cluster.meta();
+    let wait = gw.config.stale_read_attempt;
+    let days = match meta
+        .query_any(
+            &Query::Retention {
+                tenant: m.tenant.clone(),
+                consistency: Consistency::Stale,
+            },
+            wait,
+        )
+        .await
+        .map_err(meta_error)?
+    {
+        QueryResult::Retention(d) => d,
+        other => {
+            return Err(GatewayError::Internal(format!(
+                "unexpected answer to Retention: {other:?}"
+            )));
+        }
+    };
+    let hold = match meta
+        .query_any(
+            &Query::LegalHold {
+                tenant: m.tenant.clone(),
+                study_instance_uid: m.study_instance_uid.clone(),
+                consistency: Consistency::Stale,
+            },
+            wait,
+        )
+        .await
+        .map_err(meta_error)?
+    {
+        QueryResult::LegalHold(h) => h.map(|h| h.reason).unwrap_or_default(),
+        other => {
+            return Err(GatewayError::Internal(format!(
+                "unexpected answer to LegalHold: {other:?}"
+            )));
+        }
+    };
+    let until = retained_until(m, days)
+        .filter(|&u| u > now_ms())
+        .unwrap_or(0);
+    Ok((until, hold))
 }

@@ -24,5 +24,8 @@ pub fn instance_info(m: &Manifest) -> InstanceInfo {
         study_date: m.study_date.clone(),
         ec_data_shards: u32::from(m.ec.data_shards),
         ec_parity_shards: u32::from(m.ec.parity_shards),
+        // Filled by Stat, which reads the tenant's and study's policies.
+        retained_until_unix_ms: 0,
+        legal_hold: String::new(),
     }
 }

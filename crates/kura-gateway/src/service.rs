@@ -310,10 +310,19 @@ impl Archive for ArchiveService {
         let started = Instant::now();
         let req = request.get_ref();
         let span = tracing::info_span!("Stat", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
-        let r = self
+        let r = match self
             .read_manifest(&request, "Stat", &req.tenant, &req.sop_instance_uid, &span)
             .await
-            .map(|m| instance_info(&m));
+        {
+            Ok(m) => crate::delete::policies(&self.inner, &m)
+                .await
+                .map(|(until, hold)| InstanceInfo {
+                    retained_until_unix_ms: until,
+                    legal_hold: hold,
+                    ..instance_info(&m)
+                }),
+            Err(e) => Err(e),
+        };
         let _entered = span.enter();
         observe("Stat", started, &r);
         r.map(Response::new).map_err(GatewayError::into_status)

@@ -72,9 +72,15 @@ async fn delete_needs_an_admin_respects_retention_and_hold_and_reclaims_the_shar
     let e = admin.delete(delete(&sops[0])).await.expect_err("retained");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     assert!(e.message().contains("retention period until 20"), "{e}");
-    stat(&mut client, TENANT, &sops[0])
+    let info = stat(&mut client, TENANT, &sops[0])
         .await
         .expect("still there");
+    assert_eq!(
+        info.retained_until_unix_ms,
+        info.stored_at_unix_ms + 3650 * 86_400_000,
+        "Stat shows the retention"
+    );
+    assert!(info.legal_hold.is_empty());
     propose(Command::SetRetention {
         tenant: TENANT.into(),
         days: None,
@@ -122,7 +128,9 @@ async fn delete_needs_an_admin_respects_retention_and_hold_and_reclaims_the_shar
         .expect_err("held");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     assert!(e.message().contains("case 2026-41"), "{e}");
-    stat(&mut client, TENANT, &sops[1]).await.expect("kept");
+    let info = stat(&mut client, TENANT, &sops[1]).await.expect("kept");
+    assert_eq!(info.legal_hold, "case 2026-41", "Stat shows the hold");
+    assert_eq!(info.retained_until_unix_ms, 0);
     propose(Command::SetLegalHold {
         tenant: TENANT.into(),
         study_instance_uid: study.clone(),

@@ -124,6 +124,31 @@ pub enum AdminCommand {
         #[command(flatten)]
         connect: AdminConnect,
     },
+    /// Set the tenant's retention period: no instance can be deleted
+    /// within DAYS of its store (0 clears it).
+    Retention {
+        days: u32,
+        /// The tenant (default: the credential's).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
+    /// Put a study on legal hold (no instance of it can be deleted) with
+    /// --reason, or release it with --release.
+    Hold {
+        #[arg(long, value_name = "UID")]
+        study: String,
+        #[arg(long, required_unless_present = "release")]
+        reason: Option<String>,
+        #[arg(long, conflicts_with = "reason")]
+        release: bool,
+        /// The study's tenant (default: the credential's).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
     /// Bearer tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(crate::cmd::audit::TokenCommand),
@@ -286,6 +311,73 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
                 .map_err(rpc(&ep))?
                 .into_inner();
             show_status(&s, connect.json)?;
+        }
+        AdminCommand::Retention {
+            days,
+            tenant,
+            connect,
+        } => {
+            let (mut client, ep) = admin_client(&connect).await?;
+            let r = client
+                .set_retention(kura_proto::v1::SetRetentionRequest {
+                    tenant: tenant.unwrap_or_default(),
+                    days,
+                })
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            if connect.json {
+                crate::cmd::client::print_json(&serde_json::json!({
+                    "tenant": r.tenant,
+                    "retention_days": r.days,
+                }))?;
+            } else if r.days == 0 {
+                println!("tenant {}: no retention period", r.tenant);
+            } else {
+                println!(
+                    "tenant {}: instances cannot be deleted within {} days of their store",
+                    r.tenant, r.days
+                );
+            }
+        }
+        AdminCommand::Hold {
+            study,
+            reason,
+            release,
+            tenant,
+            connect,
+        } => {
+            let (mut client, ep) = admin_client(&connect).await?;
+            let r = client
+                .set_legal_hold(kura_proto::v1::SetLegalHoldRequest {
+                    tenant: tenant.unwrap_or_default(),
+                    study_instance_uid: study,
+                    hold: !release,
+                    reason: reason.unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            if connect.json {
+                crate::cmd::client::print_json(&serde_json::json!({
+                    "tenant": r.tenant,
+                    "study_instance_uid": r.study_instance_uid,
+                    "held": r.held,
+                    "reason": r.reason,
+                    "since_unix_ms": r.since_unix_ms,
+                    "by": r.by,
+                }))?;
+            } else if r.held {
+                println!(
+                    "study {} of tenant {} is on legal hold ({})",
+                    r.study_instance_uid, r.tenant, r.reason
+                );
+            } else {
+                println!(
+                    "study {} of tenant {} is not on legal hold",
+                    r.study_instance_uid, r.tenant
+                );
+            }
         }
         AdminCommand::Repair { now, connect } => {
             let (mut client, ep) = admin_client(&connect).await?;

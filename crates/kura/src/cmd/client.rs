@@ -633,6 +633,9 @@ pub fn info_json(info: &InstanceInfo) -> Value {
         "stored_at_unix_ms": info.stored_at_unix_ms,
         "ec_data_shards": info.ec_data_shards,
         "ec_parity_shards": info.ec_parity_shards,
+        "retained_until": (info.retained_until_unix_ms > 0)
+            .then(|| rfc3339(info.retained_until_unix_ms, true)),
+        "legal_hold": (!info.legal_hold.is_empty()).then_some(&info.legal_hold),
     })
 }
 
@@ -644,7 +647,7 @@ fn write_info(out: &mut impl Write, info: &InstanceInfo) -> io::Result<()> {
     let ts_name = kura_dicom::transfer_syntax_name(&info.transfer_syntax_uid)
         .map(|name| format!(" ({name})"))
         .unwrap_or_default();
-    let fields: [(&str, String); 15] = [
+    let fields: [(&str, String); 17] = [
         ("tenant", info.tenant.clone()),
         ("sop_instance_uid", info.sop_instance_uid.clone()),
         ("sop_class_uid", info.sop_class_uid.clone()),
@@ -666,6 +669,15 @@ fn write_info(out: &mut impl Write, info: &InstanceInfo) -> io::Result<()> {
         ("stored_at", rfc3339(info.stored_at_unix_ms, true)),
         ("ec_data_shards", info.ec_data_shards.to_string()),
         ("ec_parity_shards", info.ec_parity_shards.to_string()),
+        (
+            "retained_until",
+            if info.retained_until_unix_ms > 0 {
+                rfc3339(info.retained_until_unix_ms, true)
+            } else {
+                String::new()
+            },
+        ),
+        ("legal_hold", info.legal_hold.clone()),
     ];
     for (name, value) in fields {
         writeln!(out, "{name}: {}", or_dash(&value))?;
@@ -1513,6 +1525,8 @@ mod tests {
             study_date: "20231114".into(),
             ec_data_shards: 4,
             ec_parity_shards: 2,
+            retained_until_unix_ms: 0,
+            legal_hold: String::new(),
         }
     }
 

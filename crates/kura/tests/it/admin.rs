@@ -327,8 +327,34 @@ fn admin_commands_drain_refuse_and_report_on_a_process_cluster() {
     let p = json_of(&o);
     assert_eq!(p["survives_site_loss"], true, "{p}");
 
-    // Delete: not without confirmation (no terminal to ask), then for good.
+    // Delete: not within the tenant's retention, not while the study is
+    // on legal hold, not without confirmation; then for good.
     let uid = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322";
+    let o = admin(&["retention", "3650", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json_of(&o)["retention_days"], 3650);
+    let refused = |why: &str| {
+        let o = kura(&[
+            "delete",
+            uid,
+            "--yes",
+            "--endpoint",
+            &gateway,
+            "--certs",
+            &certs,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(why), "{why}: {err}");
+    };
+    refused("retention period until");
+    let o = admin(&["retention", "0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = admin(&["hold", "--study", &study, "--reason", "audit 7", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json_of(&o)["held"], true);
+    refused("legal hold (audit 7)");
+    let o = admin(&["hold", "--study", &study, "--release"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = kura(&["delete", uid, "--endpoint", &gateway, "--certs", &certs]);
     assert!(!o.status.success());
     assert!(
