@@ -120,7 +120,7 @@ pub(crate) async fn check_study(
     };
     let now = now_ms();
     for m in manifests {
-        if let Some(until) = retained_until(m, days)
+        if let Some(until) = m.retained_until(days)
             && until > now
         {
             return Err(refusal(Rejected::Retained {
@@ -130,19 +130,6 @@ pub(crate) async fn check_study(
         }
     }
     Ok(())
-}
-
-/// Until when an instance may not be deleted (as the metadata cluster
-/// judges it).
-pub(crate) fn retained_until(m: &kura_placement::Manifest, days: Option<u32>) -> Option<i64> {
-    let by_tenant = days.map(|d| {
-        m.stored_at_unix_ms
-            .saturating_add(i64::from(d) * 86_400_000)
-    });
-    match (m.retain_until_unix_ms, by_tenant) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// The retention and legal hold an instance is under, for Stat: until when
@@ -191,7 +178,8 @@ pub(crate) async fn policies(
             )));
         }
     };
-    let until = retained_until(m, days)
+    let until = m
+        .retained_until(days)
         .filter(|&u| u > now_ms())
         .unwrap_or(0);
     Ok((until, hold))

@@ -179,6 +179,24 @@ impl ArchiveService {
             .ok_or_else(|| not_found_instance(tenant, uid))
     }
 
+    /// Records a finished call in the audit trail and the metrics, and
+    /// answers it.
+    async fn answer<T>(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        touched: Touched,
+        started: Instant,
+        r: Result<T, GatewayError>,
+    ) -> Result<Response<T>, Status> {
+        self.inner
+            .gate
+            .record(caller, rpc, touched, code_of(&r))
+            .await;
+        observe(rpc, started, &r);
+        r.map(Response::new).map_err(GatewayError::into_status)
+    }
+
     /// The first page of a study (NOT_FOUND when it has no instance).
     async fn study_page(
         &self,
@@ -205,6 +223,15 @@ impl ArchiveService {
                 "unexpected answer to ListStudy: {other:?}"
             ))),
         }
+    }
+}
+
+/// What a call on one study touched, for its audit entry.
+fn study_touched(caller: &Caller, tenant: &str, study: &str) -> Touched {
+    Touched {
+        tenant: caller.own_tenant().unwrap_or(tenant).to_string(),
+        study_instance_uid: study.to_string(),
+        ..Touched::default()
     }
 }
 
@@ -497,21 +524,9 @@ impl Archive for ArchiveService {
         }
         .instrument(span)
         .await;
-        self.inner
-            .gate
-            .record(
-                &caller,
-                "StudyProtection",
-                Touched {
-                    tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
-                    study_instance_uid: req.study_instance_uid.clone(),
-                    ..Touched::default()
-                },
-                code_of(&r),
-            )
-            .await;
-        observe("StudyProtection", started, &r);
-        r.map(Response::new).map_err(GatewayError::into_status)
+        let touched = study_touched(&caller, &req.tenant, &req.study_instance_uid);
+        self.answer(&caller, "StudyProtection", touched, started, r)
+            .await
     }
 
     async fn delete(
@@ -553,12 +568,7 @@ impl Archive for ArchiveService {
         let own = caller.own_tenant().unwrap_or(&req.tenant).to_string();
         let touched =
             touched.unwrap_or_else(|| touched_instance(&own, &req.sop_instance_uid, None));
-        self.inner
-            .gate
-            .record(&caller, "Delete", touched, code_of(&r))
-            .await;
-        observe("Delete", started, &r);
-        r.map(Response::new).map_err(GatewayError::into_status)
+        self.answer(&caller, "Delete", touched, started, r).await
     }
 
     async fn delete_study(
@@ -614,20 +624,8 @@ impl Archive for ArchiveService {
         }
         .instrument(span)
         .await;
-        self.inner
-            .gate
-            .record(
-                &caller,
-                "DeleteStudy",
-                Touched {
-                    tenant: caller.own_tenant().unwrap_or(&req.tenant).to_string(),
-                    study_instance_uid: req.study_instance_uid.clone(),
-                    ..Touched::default()
-                },
-                code_of(&r),
-            )
-            .await;
-        observe("DeleteStudy", started, &r);
-        r.map(Response::new).map_err(GatewayError::into_status)
+        let touched = study_touched(&caller, &req.tenant, &req.study_instance_uid);
+        self.answer(&caller, "DeleteStudy", touched, started, r)
+            .await
     }
 }

@@ -160,6 +160,20 @@ pub fn derive_object_key(
 }
 
 impl Manifest {
+    /// Until when the instance may not be deleted: its own retain-until,
+    /// or the tenant's retention period (`retention_days`) counted from its
+    /// store, whichever ends later; `None` when neither applies.
+    pub fn retained_until(&self, retention_days: Option<u32>) -> Option<i64> {
+        let by_tenant = retention_days.map(|d| {
+            self.stored_at_unix_ms
+                .saturating_add(i64::from(d) * 86_400_000)
+        });
+        match (self.retain_until_unix_ms, by_tenant) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Structural checks: a known format version, non-empty identity, valid
     /// EC parameters, the segment count and lengths that `size` and `ec`
     /// imply, k + m shards per segment in index order with the lengths the
@@ -356,6 +370,20 @@ mod tests {
         assert_eq!(m.object_key_hex(), crate::hex::encode(&object_key(9)));
         assert_eq!(m.segment(2).unwrap().index, 2);
         assert!(m.segment(3).is_none());
+    }
+
+    #[test]
+    fn retained_until_takes_the_later_of_instance_and_tenant() {
+        let day = 86_400_000;
+        let mut m = manifest();
+        m.stored_at_unix_ms = 1_000;
+        m.retain_until_unix_ms = None;
+        assert_eq!(m.retained_until(None), None);
+        assert_eq!(m.retained_until(Some(2)), Some(1_000 + 2 * day));
+        m.retain_until_unix_ms = Some(5 * day);
+        assert_eq!(m.retained_until(None), Some(5 * day));
+        assert_eq!(m.retained_until(Some(2)), Some(5 * day));
+        assert_eq!(m.retained_until(Some(9)), Some(1_000 + 9 * day));
     }
 
     #[test]

@@ -82,19 +82,6 @@ fn legal_hold_key(tenant: &str, study: &str) -> Vec<u8> {
     key
 }
 
-/// Until when an instance may not be deleted: its own retain-until, or
-/// the tenant's retention period counted from its store, the later.
-pub fn retained_until(m: &Manifest, retention_days: Option<u32>) -> Option<i64> {
-    let by_tenant = retention_days.map(|d| {
-        m.stored_at_unix_ms
-            .saturating_add(i64::from(d) * 86_400_000)
-    });
-    match (m.retain_until_unix_ms, by_tenant) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// Removes a manifest and every index entry that names it.
 fn unindex(txn: &mut Txn<'_>, m: &Manifest) {
     for id in holder_ids(m) {
@@ -1109,7 +1096,7 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
                 {
                     continue;
                 }
-                if let Some(until) = retained_until(&m, retention)
+                if let Some(until) = m.retained_until(retention)
                     && until > now_unix_ms
                 {
                     return Ok(Err(Rejected::Retained {
