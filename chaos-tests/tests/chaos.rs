@@ -921,6 +921,27 @@ fn s5_bit_rot() {
             "  Admin.Protection and Archive.StudyProtection name it unreadable {:.1}s later: {named}",
             t.elapsed().as_secs_f64()
         );
+        // And the leader's gauges count it (a dashboard sees the loss too).
+        let t = Instant::now();
+        until(
+            "the leader's kura_cluster_unreadable_instances counts it",
+            Duration::from_secs(30),
+            || async {
+                let leader = meta.leader().await?;
+                let ops = c.node(leader).spec.ops_addr();
+                let v = tokio::task::spawn_blocking(move || {
+                    metric(&ops, "kura_cluster_unreadable_instances")
+                })
+                .await
+                .ok()??;
+                (v >= 1.0).then_some(())
+            },
+        )
+        .await;
+        println!(
+            "  kura_cluster_unreadable_instances on the leader counts it {:.1}s later",
+            t.elapsed().as_secs_f64()
+        );
         // And a read says DATA_LOSS, never wrong bytes.
         let (outcome, got) =
             chaos_tests::workload::retrieve_call(&mut archive, uid, Duration::from_secs(15)).await;

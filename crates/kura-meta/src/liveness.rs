@@ -91,6 +91,14 @@ fn publish_metrics(id: u64, server: &MetaServer, was_leading: &mut bool) {
     cluster_gauges(server, true);
 }
 
+/// How often the leader recounts unreadable and at-risk instances, and
+/// the most suspect instances one count examines.
+const SURVIVAL_EVERY: Duration = Duration::from_secs(5);
+const SURVIVAL_SUSPECTS_MAX: usize = 200_000;
+/// When this process last counted them (one count per process is enough:
+/// in `kura dev` the voters share it).
+static SURVIVAL_AT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
 /// The cluster-wide gauges, from the leader only so that a sum over voters
 /// is not three times the truth; `live` false zeroes them (a voter that
 /// lost the lead; in `kura dev` the new leader, sharing the process, sets
@@ -101,6 +109,29 @@ fn cluster_gauges(server: &MetaServer, live: bool) {
         metrics::gauge!("kura_cluster_instances").set(value(c.total as f64));
         metrics::gauge!("kura_cluster_under_protected_instances")
             .set(value(c.under_protected as f64));
+    }
+    // What is really readable (damaged and quarantined shards count as
+    // missing): at most every few seconds, it walks the suspect instances.
+    let due = {
+        let mut last = SURVIVAL_AT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = !live || last.is_none_or(|t| t.elapsed() >= SURVIVAL_EVERY);
+        if due {
+            *last = live.then(Instant::now);
+        }
+        due
+    };
+    if due
+        && let Ok((unreadable, at_risk, capped)) = if live {
+            server.reader().readable_protection(SURVIVAL_SUSPECTS_MAX)
+        } else {
+            Ok((0, 0, false))
+        }
+    {
+        metrics::gauge!("kura_cluster_unreadable_instances").set(unreadable as f64);
+        metrics::gauge!("kura_cluster_at_risk_instances").set(at_risk as f64);
+        metrics::gauge!("kura_cluster_protection_counts_capped").set(f64::from(u8::from(capped)));
     }
     if let Ok((Some(map), _)) = server.reader().cluster() {
         for state in kura_placement::NodeState::ALL {

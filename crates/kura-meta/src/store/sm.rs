@@ -371,6 +371,82 @@ impl StateReader {
         Ok(out)
     }
 
+    /// How many instances are unreadable now and how many at risk (readable,
+    /// but not if one more site were lost), counting damaged, quarantined
+    /// and unplaced shards as missing, as `Admin.Protection` does. Only
+    /// instances that can be either are examined — stored under-protected
+    /// or with an unplaced shard, with a shard on a node that is not up, or
+    /// with a damaged shard — at most `limit` of them (then the counts are
+    /// a lower bound, and the flag says so).
+    pub fn readable_protection(&self, limit: usize) -> Result<(u64, u64, bool), StorageError> {
+        use std::collections::BTreeMap;
+        let Some(map) = self.cluster()?.0 else {
+            return Ok((0, 0, false));
+        };
+        let mut suspects: BTreeMap<(String, String), (Manifest, Vec<(u32, u8, NodeId)>)> =
+            BTreeMap::new();
+        let mut capped = false;
+        let mut add = |m: Manifest, bad: Option<(u32, u8, NodeId)>| {
+            let full = suspects.len() >= limit;
+            let key = (m.tenant.clone(), m.sop_instance_uid.clone());
+            match suspects.get_mut(&key) {
+                Some(entry) => entry.1.extend(bad),
+                None if full => capped = true,
+                None => {
+                    suspects.insert(key, (m, bad.into_iter().collect()));
+                }
+            }
+        };
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, next) = self.attention(after.as_deref(), 1000)?;
+            page.into_iter().for_each(|m| add(m, None));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        for node in self.holder_nodes()? {
+            if map
+                .node(node)
+                .is_some_and(|n| n.state == kura_placement::NodeState::Up)
+            {
+                continue;
+            }
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let (page, next) = self.manifests_on_node(node, after.as_deref(), 1000)?;
+                page.into_iter().for_each(|m| add(m, None));
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        let mut after = None;
+        loop {
+            let (page, next) = self.damaged(after.as_ref(), 1000)?;
+            for (d, m) in page {
+                if let Some(m) = m {
+                    add(m, Some((d.segment, d.index, d.node)));
+                }
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let (mut unreadable, mut at_risk) = (0, 0);
+        for (m, bad) in suspects.values() {
+            match kura_placement::survival(&map, m, bad) {
+                kura_placement::Survival::Safe => {}
+                kura_placement::Survival::AtRisk { .. } => at_risk += 1,
+                kura_placement::Survival::Unreadable { .. } => unreadable += 1,
+            }
+        }
+        Ok((unreadable, at_risk, capped))
+    }
+
     /// The retention period of `tenant`, in days.
     pub fn retention(&self, tenant: &str) -> Result<Option<u32>, StorageError> {
         self.get(CF_SM, &retention_key(tenant))
