@@ -195,6 +195,10 @@ fn reindex(txn: &mut Txn<'_>, old: Option<&Manifest>, new: &Manifest) {
     }
 }
 
+/// An instance that may be unreadable or at risk, with its damaged
+/// shards (segment, index, node).
+type Suspect = (Manifest, Vec<(u32, u8, NodeId)>);
+
 /// One page of a study listing: the manifests, and the (series, SOP
 /// Instance UID) cursor of the next page when more may follow.
 pub type StudyPage = (Vec<Manifest>, Option<(String, String)>);
@@ -383,8 +387,7 @@ impl StateReader {
         let Some(map) = self.cluster()?.0 else {
             return Ok((0, 0, false));
         };
-        let mut suspects: BTreeMap<(String, String), (Manifest, Vec<(u32, u8, NodeId)>)> =
-            BTreeMap::new();
+        let mut suspects: BTreeMap<(String, String), Suspect> = BTreeMap::new();
         let mut capped = false;
         let mut add = |m: Manifest, bad: Option<(u32, u8, NodeId)>| {
             let full = suspects.len() >= limit;
