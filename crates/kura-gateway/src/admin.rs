@@ -827,8 +827,7 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let r = async {
             let tenant = caller.tenant("tenant", &req.tenant)?;
-            kura_auth::validate_tenant(&tenant)
-                .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))?;
+            crate::service::check_tenant(&tenant)?;
             let roles = kura_auth::ClientRoles::parse(&req.roles)
                 .map_err(|e| GatewayError::invalid("roles", "BAD_ROLES", e.to_string()))?;
             if req.label.len() > 128 || req.label.chars().any(char::is_control) {
@@ -860,8 +859,7 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let r = async {
             let tenant = caller.tenant("tenant", &req.tenant)?;
-            kura_auth::validate_tenant(&tenant)
-                .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))?;
+            crate::service::check_tenant(&tenant)?;
             if req.days > kura_proto::meta::RETENTION_DAYS_MAX {
                 return Err(GatewayError::invalid(
                     "days",
@@ -896,19 +894,9 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let r = async {
             let tenant = caller.tenant("tenant", &req.tenant)?;
-            kura_auth::validate_tenant(&tenant)
-                .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))?;
+            crate::service::check_tenant(&tenant)?;
             let study = &req.study_instance_uid;
-            if study.is_empty()
-                || study.len() > 64
-                || !study.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-            {
-                return Err(GatewayError::invalid(
-                    "study_instance_uid",
-                    "BAD_UID",
-                    format!("{study:?} is not a DICOM UID"),
-                ));
-            }
+            crate::service::check_uid("study_instance_uid", study)?;
             let hold = if req.hold {
                 if req.reason.trim().is_empty() || req.reason.len() > 1024 {
                     return Err(GatewayError::invalid(

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use kura_proto::meta::{
-    Applied, Command, Consistency, DELETE_BATCH_MAX, Query, QueryResult, Rejected,
+    Applied, Command, Consistency, DELETE_BATCH_MAX, LegalHold, Query, QueryResult, Rejected,
 };
 use kura_proto::meta_client::Retry;
 
@@ -80,36 +80,28 @@ fn refusal(r: Rejected) -> GatewayError {
     }
 }
 
-/// Checks that no instance of `manifests` (one study) is retained and the
-/// study is not held, before any of it is deleted.
-pub(crate) async fn check_study(
+/// The tenant's retention period (days) and the study's legal hold, read
+/// from the leader (`Linearizable`: before a delete) or from any voter
+/// (`Stale`: for Stat, like the manifest).
+async fn read_policies(
     gw: &Arc<Inner>,
     tenant: &str,
     study: &str,
-    manifests: &[kura_placement::Manifest],
-) -> Result<(), GatewayError> {
-    let meta = gw.cluster.meta();
-    let hold = meta
-        .query(&Query::LegalHold {
-            tenant: tenant.to_string(),
-            study_instance_uid: study.to_string(),
-            consistency: Consistency::Linearizable,
-        })
-        .await
-        .map_err(meta_error)?;
-    if let QueryResult::LegalHold(Some(h)) = hold {
-        return Err(refusal(Rejected::OnLegalHold {
-            study_instance_uid: study.to_string(),
-            reason: h.reason,
-        }));
-    }
-    let days = match meta
-        .query(&Query::Retention {
-            tenant: tenant.to_string(),
-            consistency: Consistency::Linearizable,
-        })
-        .await
-        .map_err(meta_error)?
+    consistency: Consistency,
+) -> Result<(Option<u32>, Option<LegalHold>), GatewayError> {
+    let ask = |query: Query| async move {
+        let meta = gw.cluster.meta();
+        match consistency {
+            Consistency::Linearizable => meta.query(&query).await,
+            Consistency::Stale => meta.query_any(&query, gw.config.stale_read_attempt).await,
+        }
+        .map_err(meta_error)
+    };
+    let days = match ask(Query::Retention {
+        tenant: tenant.to_string(),
+        consistency,
+    })
+    .await?
     {
         QueryResult::Retention(d) => d,
         other => {
@@ -118,6 +110,38 @@ pub(crate) async fn check_study(
             )));
         }
     };
+    let hold = match ask(Query::LegalHold {
+        tenant: tenant.to_string(),
+        study_instance_uid: study.to_string(),
+        consistency,
+    })
+    .await?
+    {
+        QueryResult::LegalHold(h) => h,
+        other => {
+            return Err(GatewayError::Internal(format!(
+                "unexpected answer to LegalHold: {other:?}"
+            )));
+        }
+    };
+    Ok((days, hold))
+}
+
+/// Checks that no instance of `manifests` (one study) is retained and the
+/// study is not held, before any of it is deleted.
+pub(crate) async fn check_study(
+    gw: &Arc<Inner>,
+    tenant: &str,
+    study: &str,
+    manifests: &[kura_placement::Manifest],
+) -> Result<(), GatewayError> {
+    let (days, hold) = read_policies(gw, tenant, study, Consistency::Linearizable).await?;
+    if let Some(h) = hold {
+        return Err(refusal(Rejected::OnLegalHold {
+            study_instance_uid: study.to_string(),
+            reason: h.reason,
+        }));
+    }
     let now = now_ms();
     for m in manifests {
         if let Some(until) = m.retained_until(days)
@@ -133,54 +157,16 @@ pub(crate) async fn check_study(
 }
 
 /// The retention and legal hold an instance is under, for Stat: until when
-/// it is retained (if later than now) and its study's hold reason. Read
-/// from any voter (stale), like the manifest.
+/// it is retained (if later than now) and its study's hold reason.
 pub(crate) async fn policies(
     gw: &Arc<Inner>,
     m: &kura_placement::Manifest,
 ) -> Result<(i64, String), GatewayError> {
-    let meta = gw.cluster.meta();
-    let wait = gw.config.stale_read_attempt;
-    let days = match meta
-        .query_any(
-            &Query::Retention {
-                tenant: m.tenant.clone(),
-                consistency: Consistency::Stale,
-            },
-            wait,
-        )
-        .await
-        .map_err(meta_error)?
-    {
-        QueryResult::Retention(d) => d,
-        other => {
-            return Err(GatewayError::Internal(format!(
-                "unexpected answer to Retention: {other:?}"
-            )));
-        }
-    };
-    let hold = match meta
-        .query_any(
-            &Query::LegalHold {
-                tenant: m.tenant.clone(),
-                study_instance_uid: m.study_instance_uid.clone(),
-                consistency: Consistency::Stale,
-            },
-            wait,
-        )
-        .await
-        .map_err(meta_error)?
-    {
-        QueryResult::LegalHold(h) => h.map(|h| h.reason).unwrap_or_default(),
-        other => {
-            return Err(GatewayError::Internal(format!(
-                "unexpected answer to LegalHold: {other:?}"
-            )));
-        }
-    };
+    let (days, hold) =
+        read_policies(gw, &m.tenant, &m.study_instance_uid, Consistency::Stale).await?;
     let until = m
         .retained_until(days)
         .filter(|&u| u > now_ms())
         .unwrap_or(0);
-    Ok((until, hold))
+    Ok((until, hold.map(|h| h.reason).unwrap_or_default()))
 }

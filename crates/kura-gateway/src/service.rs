@@ -57,7 +57,7 @@ fn observe<T>(rpc: &'static str, started: Instant, r: &Result<T, GatewayError>) 
     }
 }
 
-fn check_uid(field: &'static str, uid: &str) -> Result<(), GatewayError> {
+pub(crate) fn check_uid(field: &'static str, uid: &str) -> Result<(), GatewayError> {
     kura_dicom::validate_uid(uid).map_err(|p| {
         GatewayError::invalid(
             field,
@@ -67,7 +67,7 @@ fn check_uid(field: &'static str, uid: &str) -> Result<(), GatewayError> {
     })
 }
 
-fn check_tenant(tenant: &str) -> Result<(), GatewayError> {
+pub(crate) fn check_tenant(tenant: &str) -> Result<(), GatewayError> {
     kura_proto::meta::validate_tenant(tenant)
         .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))
 }
