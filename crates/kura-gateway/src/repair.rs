@@ -653,6 +653,15 @@ impl Worker {
             claim: claim.clone(),
             release: release.clone(),
         };
+        // Counted as held before the claim is proposed: if this task is
+        // aborted (shutdown) after the claim commits but before its answer
+        // arrives, `stop` still releases it. Releasing a lease another
+        // gateway holds changes nothing.
+        self.shared
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(claim.iter().cloned());
         match self.meta().propose(&cmd, Retry::Idempotent).await {
             Ok(Ok(Applied::RepairClaimed { granted })) => {
                 let mut held = self
@@ -664,8 +673,8 @@ impl Worker {
                     held.remove(&key);
                 }
                 for (key, granted) in claim.into_iter().zip(&granted) {
-                    if *granted {
-                        held.insert(key);
+                    if !*granted {
+                        held.remove(&key);
                     }
                 }
                 Ok(granted)
