@@ -86,7 +86,8 @@ fn parse_args() -> Result<Args, String> {
 /// A realistic manifest: a 0.5 MB CT slice, one 4 MiB segment, RS(5,4).
 fn manifest(n: u64) -> Manifest {
     let ec = EcParams::default();
-    let size = 524_288u64 + (n % 4096);
+    let plain_size = 524_288u64 + (n % 4096);
+    let size = kura_seal::sealed_len(plain_size);
     let data_len = size as u32;
     let shard_len = ec.shard_len(data_len);
     // Hashes are as incompressible as real ones: blake3 of the numbers.
@@ -105,11 +106,18 @@ fn manifest(n: u64) -> Manifest {
         study_instance_uid: format!("1.2.826.0.1.3680043.10.2.{}", n / 200 + 1),
         series_instance_uid: format!("1.2.826.0.1.3680043.10.3.{}", n / 50 + 1),
         transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
-        patient_id: format!("BENCH{:06}", n / 1000),
         modality: "CT".into(),
         study_date: "20261125".into(),
         size,
-        blake3: blake,
+        fingerprint: blake,
+        // As large as real wrapped secrets with a 10-byte Patient ID.
+        sealing: kura_placement::Sealing {
+            scheme: kura_seal::SCHEME,
+            key_version: 1,
+            salt: hash(n, 0xfe),
+            wrapped: hash(n, 0xfd).repeat(3)[..90].to_vec(),
+            plain_size,
+        },
         object_key: blake,
         ec,
         segments: vec![SegmentManifest {

@@ -135,6 +135,11 @@ fn config_text(t: &Tuning, nodes: &[NodeSpec], certs: &Path) -> String {
         t.scrub_interval_secs
     );
     let _ = writeln!(s, "[tls]\ndir = \"{}\"\n", certs.display());
+    let _ = writeln!(
+        s,
+        "[encryption]\nkeys_file = \"{}\"\n",
+        certs.join("cluster.keys").display()
+    );
     for site in SITES {
         let _ = writeln!(s, "[[site]]\nname = \"{site}\"");
     }
@@ -335,6 +340,7 @@ impl Cluster {
         let local = dir.join("kura");
         std::fs::copy(kura, &local).expect("copy the kura binary");
         let certs = CertDir::init(&local, &dir.join("certs")).expect("kura certs init");
+        certs.keys().expect("kura keys generate");
         let book = Arc::new(Mutex::new(RepairBook::default()));
         let poller_stop = Arc::new(AtomicBool::new(false));
         let poller = {

@@ -113,7 +113,45 @@ impl DevConfig {
             detail: e.to_string(),
         })
     }
+
+    /// The dev cluster's key file: `DATA/cluster.keys`.
+    pub fn keys_file(&self) -> PathBuf {
+        self.data_dir.join(KEYS_FILE)
+    }
+
+    /// The gateway's cluster keys, from `DATA/cluster.keys`; a new data
+    /// directory gets a fresh key (version 1), readable by its owner only.
+    /// Encryption at rest is on whether or not TLS is.
+    pub fn keyring(&self) -> Result<std::sync::Arc<kura_seal::Keyring>, DevError> {
+        let path = self.keys_file();
+        let fail = |detail: String| DevError::DataDir {
+            path: path.clone(),
+            detail,
+        };
+        if !path.exists() {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let line = kura_seal::generate_key_line(1).map_err(|e| fail(e.to_string()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| fail(e.to_string()))?;
+            writeln!(
+                f,
+                "# kura cluster keys (dev cluster): \"<version> <64 hex digits>\" per line\n{line}"
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        }
+        kura_seal::Keyring::from_file(&path)
+            .map(std::sync::Arc::new)
+            .map_err(|e| fail(e.to_string()))
+    }
 }
+
+/// The dev cluster's key file, in its data directory.
+pub const KEYS_FILE: &str = "cluster.keys";
 
 /// Why a dev cluster could not start.
 #[derive(Debug, thiserror::Error)]
@@ -366,7 +404,8 @@ impl DevCluster {
         init_map(&meta, &layout, &storage, &config, host).await?;
 
         // The gateway.
-        let mut gc = GatewayConfig::new(meta_endpoints.clone(), gateway_transport);
+        let mut gc =
+            GatewayConfig::new(meta_endpoints.clone(), gateway_transport, config.keyring()?);
         // Orphan reclaim must never race a live store.
         gc.store_deadline = gc.store_deadline.min(config.orphan_grace / 2);
         gc.repair = config.repair.clone();

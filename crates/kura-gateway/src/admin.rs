@@ -752,16 +752,20 @@ impl Admin for AdminService {
             let QueryResult::ManifestPage { manifests, next } = answer else {
                 return Err(GatewayError::Internal("unexpected answer to a page".into()));
             };
+            let keys = &self.inner.config.keys;
             Ok(pb::ListInstancesResponse {
                 instances: manifests
                     .iter()
-                    .map(|m| pb::InstanceRef {
-                        sop_instance_uid: m.sop_instance_uid.clone(),
-                        study_instance_uid: m.study_instance_uid.clone(),
-                        size: m.size,
-                        blake3: bytes::Bytes::copy_from_slice(&m.blake3),
+                    .map(|m| {
+                        let secrets = crate::seal::open(keys, m)?;
+                        Ok(pb::InstanceRef {
+                            sop_instance_uid: m.sop_instance_uid.clone(),
+                            study_instance_uid: m.study_instance_uid.clone(),
+                            size: m.sealing.plain_size,
+                            blake3: bytes::Bytes::copy_from_slice(&secrets.plain_blake3),
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_, GatewayError>>()?,
                 next: next
                     .map(|n| String::from_utf8_lossy(&n).into_owned())
                     .unwrap_or_default(),
@@ -848,6 +852,56 @@ impl Admin for AdminService {
         }
         .await;
         self.run(&caller, "CreateToken", started, r).await
+    }
+
+    async fn key_status(
+        &self,
+        request: Request<pb::KeyStatusRequest>,
+    ) -> Result<Response<pb::KeyStatusResponse>, Status> {
+        let started = Instant::now();
+        let caller = admitted(&request);
+        let r = crate::seal::key_status(&self.inner).await;
+        self.run(&caller, "KeyStatus", started, r).await
+    }
+
+    async fn rotate_keys(
+        &self,
+        request: Request<pb::RotateKeysRequest>,
+    ) -> Result<Response<pb::RotateKeysResponse>, Status> {
+        let started = Instant::now();
+        let caller = admitted(&request);
+        let req = request.into_inner();
+        let r = async {
+            let after = match (req.after_tenant.is_empty(), req.after_sop_instance_uid.is_empty()) {
+                (true, true) => None,
+                (false, false) => {
+                    crate::service::check_tenant(&req.after_tenant)?;
+                    crate::service::check_uid("after_sop_instance_uid", &req.after_sop_instance_uid)?;
+                    Some((req.after_tenant.clone(), req.after_sop_instance_uid.clone()))
+                }
+                _ => {
+                    return Err(GatewayError::invalid(
+                        "after_tenant",
+                        "BAD_CURSOR",
+                        "a rotation resumes after a tenant and a SOP Instance UID: give both or neither",
+                    ));
+                }
+            };
+            if req.limit > crate::seal::ROTATE_PAGE_MAX {
+                return Err(GatewayError::invalid(
+                    "limit",
+                    "BAD_LIMIT",
+                    format!(
+                        "a rotation page re-wraps at most {} instances, not {}",
+                        crate::seal::ROTATE_PAGE_MAX,
+                        req.limit
+                    ),
+                ));
+            }
+            crate::seal::rotate_page(&self.inner, after, req.limit).await
+        }
+        .await;
+        self.run(&caller, "RotateKeys", started, r).await
     }
 
     async fn set_retention(

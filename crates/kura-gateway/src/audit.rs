@@ -36,6 +36,24 @@ fn matches(q: &pb::AuditQueryRequest, tenant: Option<&str>, e: &AuditEntry) -> b
         && (q.patient_id.is_empty() || q.patient_id == r.patient_id)
 }
 
+/// Opens the entry's sealed Patient ID in place (auditors read it in the
+/// clear; the voters keep it sealed). One sealed under a version this
+/// gateway lacks says so.
+fn open_patient(keys: &kura_seal::Keyring, e: &mut AuditEntry) {
+    let r = &mut e.record;
+    if !r.patient_id.starts_with(kura_seal::FIELD_PREFIX) {
+        return;
+    }
+    let context = crate::auth::audit_patient_context(&r.tenant);
+    r.patient_id = match keys.open_field(&r.patient_id, &context) {
+        Ok(p) => p,
+        Err(kura_seal::SealError::UnknownKeyVersion { version, .. }) => {
+            format!("(sealed under cluster key version {version}, not in this gateway's key file)")
+        }
+        Err(e) => format!("(does not open: {e})"),
+    };
+}
+
 fn entry_proto(e: &AuditEntry) -> pb::AuditEntry {
     let r = &e.record;
     pb::AuditEntry {
@@ -125,8 +143,16 @@ impl Audit for AuditService {
                         return;
                     }
                 };
-                for e in entries.iter().filter(|e| matches(&q, tenant.as_deref(), e)) {
-                    if tx.send(Ok(entry_proto(e))).await.is_err() {
+                let keys = &inner.config.keys;
+                for e in entries
+                    .into_iter()
+                    .map(|mut e| {
+                        open_patient(keys, &mut e);
+                        e
+                    })
+                    .filter(|e| matches(&q, tenant.as_deref(), e))
+                {
+                    if tx.send(Ok(entry_proto(&e))).await.is_err() {
                         return;
                     }
                     sent += 1;

@@ -190,6 +190,8 @@ pub struct Gate {
     pub enforce: bool,
     pub tokens: std::sync::Arc<TokenCache>,
     pub audit: kura_proto::audit::AuditSink,
+    /// Seals the Patient ID of every audit entry.
+    pub keys: std::sync::Arc<kura_seal::Keyring>,
 }
 
 impl Gate {
@@ -207,7 +209,7 @@ impl Gate {
     pub async fn record(&self, caller: &Caller, action: &str, touched: Touched, code: tonic::Code) {
         if !self
             .audit
-            .record(audit_record(caller, action, touched, code))
+            .record(audit_record(&self.keys, caller, action, touched, code))
             .await
         {
             tracing::error!(action, "the audit entry of this call was not committed");
@@ -239,9 +241,10 @@ impl Gate {
         code: tonic::Code,
         wait: std::time::Duration,
     ) -> impl std::future::Future<Output = ()> + Send + use<> {
-        let committed = self
-            .audit
-            .queue(audit_record(caller, action, touched, code), wait);
+        let committed = self.audit.queue(
+            audit_record(&self.keys, caller, action, touched, code),
+            wait,
+        );
         let action = action.to_string();
         async move {
             if !committed.await {
@@ -272,25 +275,44 @@ pub struct Touched {
     pub patient_id: String,
 }
 
-/// The audit record of a finished call.
+/// The context an audit entry's Patient ID is sealed in: its tenant.
+pub fn audit_patient_context(tenant: &str) -> String {
+    format!("audit patient id/{tenant}")
+}
+
+/// The audit record of a finished call. The Patient ID is sealed under
+/// the current cluster key (the trail lives on the voters' disks); the
+/// Audit service opens it for auditors.
 pub fn audit_record(
+    keys: &kura_seal::Keyring,
     caller: &Caller,
     action: &str,
     touched: Touched,
     code: tonic::Code,
 ) -> AuditRecord {
+    let tenant = if touched.tenant.is_empty() {
+        caller.own_tenant().unwrap_or_default().to_string()
+    } else {
+        touched.tenant
+    };
+    let patient_id = keys
+        .seal_field(
+            keys.current(),
+            &audit_patient_context(&tenant),
+            &touched.patient_id,
+        )
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, action, "cannot seal an audit entry's Patient ID; left out");
+            String::new()
+        });
     AuditRecord {
         time_unix_ms: 0,
         who: caller.who(),
-        tenant: if touched.tenant.is_empty() {
-            caller.own_tenant().unwrap_or_default().to_string()
-        } else {
-            touched.tenant
-        },
+        tenant,
         action: action.to_string(),
         sop_instance_uid: touched.sop_instance_uid,
         study_instance_uid: touched.study_instance_uid,
-        patient_id: touched.patient_id,
+        patient_id,
         peer: caller.peer.clone(),
         outcome: kura_proto::code_name(code).to_string(),
         recorder: String::new(),
@@ -313,6 +335,7 @@ impl tonic::service::Interceptor for RoleGuard {
         if let Err(e) = verdict {
             let action = format!("{}.{}", self.service, kura_auth::authz::rpc_method(&req));
             self.gate.audit.record_later(audit_record(
+                &self.gate.keys,
                 &caller,
                 &action,
                 Touched::default(),

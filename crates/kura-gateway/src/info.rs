@@ -3,8 +3,9 @@
 use kura_placement::{Manifest, Protection};
 use kura_proto::v1::{self, InstanceInfo};
 
-/// The public description of a stored instance.
-pub fn instance_info(m: &Manifest) -> InstanceInfo {
+/// The public description of a stored instance; `secrets` are its opened
+/// sealed secrets (the instance's blake3 and Patient ID live only there).
+pub fn instance_info(m: &Manifest, secrets: &kura_seal::Secrets) -> InstanceInfo {
     InstanceInfo {
         tenant: m.tenant.clone(),
         sop_instance_uid: m.sop_instance_uid.clone(),
@@ -12,10 +13,10 @@ pub fn instance_info(m: &Manifest) -> InstanceInfo {
         study_instance_uid: m.study_instance_uid.clone(),
         series_instance_uid: m.series_instance_uid.clone(),
         transfer_syntax_uid: m.transfer_syntax_uid.clone(),
-        patient_id: m.patient_id.clone(),
+        patient_id: secrets.patient_id.clone(),
         modality: m.modality.clone(),
-        size: m.size,
-        blake3: m.blake3_hex(),
+        size: m.sealing.plain_size,
+        blake3: hex::encode(secrets.plain_blake3),
         protection: match m.protection {
             Protection::Full => v1::Protection::Full,
             Protection::UnderProtected => v1::Protection::UnderProtected,

@@ -6,10 +6,13 @@
 //! ```text
 //! chunks ─┬─> identity (first bytes only) ─> existing manifest?
 //!         ├─> validator (blocking thread, bounded channel)
-//!         └─> ObjectEncoder (hash + segments) ─> placement ─> shard puts
-//!                                                 (≤ WRITES_IN_FLIGHT segments)
-//! end ─> validator verdict, size and hash checks ─> PutManifest ─> answer
+//!         └─> Sealer (hash, AES-256-GCM chunks) ─> ObjectEncoder (segments)
+//!                ─> placement ─> shard puts (≤ WRITES_IN_FLIGHT segments)
+//! end ─> validator verdict, size and hash checks ─> data key wrapped,
+//!        fingerprint ─> PutManifest ─> answer
 //! ```
+//!
+//! Storage nodes only ever receive sealed bytes (see [`crate::seal`]).
 //!
 //! Memory per request is bounded by the identity prefix, one segment being
 //! filled, the segments being written and the validator's channel: a few
@@ -27,13 +30,14 @@ use futures::stream::FuturesOrdered;
 use kura_dicom::{DicomError, Identity};
 use kura_erasure::{EcParams, EncodedSegment, ObjectEncoder, ObjectKey};
 use kura_placement::{
-    MANIFEST_FORMAT_VERSION, Manifest, Placer, Protection, SegmentManifest, ShardLocation,
-    derive_object_key, protection_of,
+    MANIFEST_FORMAT_VERSION, Manifest, Placer, Protection, Sealing, SegmentManifest, ShardLocation,
+    protection_of,
 };
 use kura_proto::meta::{Applied, Command, Rejected};
 use kura_proto::meta_client::Retry;
 use kura_proto::shards_client::ShardId;
 use kura_proto::v1::{StoreHeader, StoreRequest, StoreResponse, store_request};
+use kura_seal::{DataKey, Sealer, Secrets};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -206,6 +210,7 @@ enum Received {
 
 struct Written {
     manifest: Manifest,
+    secrets: Secrets,
     state: Arc<ClusterState>,
 }
 
@@ -243,6 +248,17 @@ async fn receive(
         }
     };
     drop(prefix);
+    if identity.patient_id.len() > kura_seal::PATIENT_ID_MAX {
+        return Err(GatewayError::invalid(
+            "chunk",
+            "DICOM_PATIENT_ID_TOO_LONG",
+            format!(
+                "the Patient ID is {} bytes, longer than the {} bytes an instance's sealed secrets hold; nothing was stored",
+                identity.patient_id.len(),
+                kura_seal::PATIENT_ID_MAX
+            ),
+        ));
+    }
     let uid = identity.sop_instance_uid.clone();
     let span = tracing::Span::current();
     span.record("tenant", header.tenant.as_str());
@@ -280,27 +296,35 @@ async fn receive(
         }
         let offered = *hasher.finalize().as_bytes();
         check_declared(header, req.bytes_in, &offered)?;
-        if offered != existing.blake3 {
+        let same = existing.sealing.plain_size == req.bytes_in
+            && crate::seal::fingerprint_like(&gw.config.keys, &existing, &offered)?
+                == existing.fingerprint;
+        if !same {
             if let Some(e) = invalid {
                 return Err(e);
             }
             validator.verdict().await?;
         }
-        return if offered == existing.blake3 {
-            tracing::info!(sop_instance_uid = %uid, size = existing.size, "store: already stored");
+        return if same {
+            let secrets = crate::seal::open(&gw.config.keys, &existing)?;
+            tracing::info!(sop_instance_uid = %uid, size = existing.sealing.plain_size, "store: already stored");
             Ok(Received::Existing(Box::new(StoreResponse {
-                info: Some(instance_info(&existing)),
+                info: Some(instance_info(&existing, &secrets)),
                 already_stored: true,
             })))
         } else {
-            Err(conflict(&existing, &offered))
+            Err(conflict(gw, &existing, &offered))
         };
     }
 
     // 3. New: validate, encode, place and write as the bytes arrive.
     let state = gw.cluster.state().await?;
-    let nonce: [u8; 32] = header.expected_blake3.unwrap_or_else(rand::random);
-    let object_key = derive_object_key(&header.tenant, &uid, &nonce);
+    // A fresh object key per attempt: sealed bytes differ between attempts
+    // (a fresh data key each), so a retry never meets its predecessor's
+    // shards under the same key; those are reclaimed as orphans.
+    let object_key: [u8; 32] = rand::random();
+    let data_key =
+        DataKey::generate().map_err(|e| GatewayError::Internal(format!("no data key: {e}")))?;
     // Nodes that just failed a call are left out while the failure
     // detector has not marked them down yet, as long as the others can
     // take every shard with the same protection; otherwise they are tried
@@ -323,7 +347,7 @@ async fn receive(
             }
         })?,
     };
-    let mut pipeline = Pipeline::start(gw, state, placer, object_key)?;
+    let mut pipeline = Pipeline::start(gw, state, placer, object_key, &data_key)?;
     let outcome = async {
         for c in held {
             pipeline.push(c).await?;
@@ -337,17 +361,54 @@ async fn receive(
         pipeline.finish().await
     }
     .await;
-    let (segments, digest_blake3, size) = match outcome {
+    let Finished {
+        segments,
+        plain_blake3,
+        plain_size,
+        sealed_size,
+    } = match outcome {
         Ok(done) => done,
         Err(e) => {
             pipeline.abandon();
             return Err(e);
         }
     };
-    if let Err(e) = check_declared(header, size, &digest_blake3) {
+    if let Err(e) = check_declared(header, plain_size, &plain_blake3) {
         pipeline.abandon();
         return Err(e);
     }
+    let keys = &gw.config.keys;
+    let key_version = keys.current();
+    let secrets = Secrets {
+        data_key,
+        plain_blake3,
+        patient_id: identity.patient_id,
+    };
+    let sealed = keys
+        .wrap(
+            key_version,
+            &kura_seal::WrapContext {
+                tenant: &header.tenant,
+                sop_instance_uid: &uid,
+                object_key: &object_key,
+            },
+            &secrets,
+        )
+        .and_then(|w| {
+            Ok((
+                w,
+                keys.fingerprint(key_version, &header.tenant, &plain_blake3)?,
+            ))
+        });
+    let (wrapped, fingerprint) = match sealed {
+        Ok(s) => s,
+        Err(e) => {
+            pipeline.abandon();
+            return Err(GatewayError::Internal(format!(
+                "cannot wrap the data key: {e}"
+            )));
+        }
+    };
     let protection = segments
         .iter()
         .map(|s| {
@@ -364,11 +425,17 @@ async fn receive(
         study_instance_uid: identity.study_instance_uid,
         series_instance_uid: identity.series_instance_uid,
         transfer_syntax_uid: identity.transfer_syntax_uid,
-        patient_id: identity.patient_id,
         modality: identity.modality,
         study_date: identity.study_date,
-        size,
-        blake3: digest_blake3,
+        size: sealed_size,
+        fingerprint,
+        sealing: Sealing {
+            scheme: kura_seal::SCHEME,
+            key_version,
+            salt: wrapped.salt,
+            wrapped: wrapped.bytes,
+            plain_size,
+        },
         object_key,
         ec: pipeline.state.profile,
         segments,
@@ -386,6 +453,7 @@ async fn receive(
     }
     Ok(Received::New(Box::new(Written {
         manifest,
+        secrets,
         state: Arc::clone(&pipeline.state),
     })))
 }
@@ -419,17 +487,31 @@ fn check_declared(header: &Header, size: u64, blake3: &[u8; 32]) -> Result<(), G
     Ok(())
 }
 
-fn conflict(existing: &Manifest, offered: &[u8; 32]) -> GatewayError {
+/// The refusal of `offered` bytes for `existing`'s UID. The stored
+/// instance's blake3 is only known sealed: opened here for the caller (of
+/// the same tenant), or said to be unknown when this gateway cannot.
+fn conflict(gw: &Inner, existing: &Manifest, offered: &[u8; 32]) -> GatewayError {
+    let existing_blake3 = match crate::seal::open(&gw.config.keys, existing) {
+        Ok(s) => hex::encode(s.plain_blake3),
+        Err(_) => format!(
+            "(sealed under key version {})",
+            existing.sealing.key_version
+        ),
+    };
     GatewayError::AlreadyExists {
         sop_instance_uid: existing.sop_instance_uid.clone(),
-        existing_blake3: existing.blake3_hex(),
+        existing_blake3,
         offered_blake3: hex::encode(offered),
         stored_at: rfc3339_ms(existing.stored_at_unix_ms),
     }
 }
 
 async fn commit(gw: &Arc<Inner>, written: Box<Written>) -> Result<StoreResponse, GatewayError> {
-    let Written { manifest, state } = *written;
+    let Written {
+        manifest,
+        secrets,
+        state,
+    } = *written;
     let outcome = gw
         .cluster
         .meta()
@@ -447,13 +529,14 @@ async fn commit(gw: &Arc<Inner>, written: Box<Written>) -> Result<StoreResponse,
             }
             tracing::info!(
                 sop_instance_uid = %manifest.sop_instance_uid,
-                size = manifest.size,
-                blake3 = %manifest.blake3_hex(),
+                size = manifest.sealing.plain_size,
+                blake3 = %hex::encode(secrets.plain_blake3),
+                key_version = manifest.sealing.key_version,
                 protection = %manifest.protection,
                 "instance stored"
             );
             Ok(StoreResponse {
-                info: Some(instance_info(&manifest)),
+                info: Some(instance_info(&manifest, &secrets)),
                 already_stored: false,
             })
         }
@@ -462,8 +545,9 @@ async fn commit(gw: &Arc<Inner>, written: Box<Written>) -> Result<StoreResponse,
             if existing.object_key != manifest.object_key {
                 delete_shards(gw, &state, &manifest);
             }
+            let secrets = crate::seal::open(&gw.config.keys, &existing)?;
             Ok(StoreResponse {
-                info: Some(instance_info(&existing)),
+                info: Some(instance_info(&existing, &secrets)),
                 already_stored: true,
             })
         }
@@ -472,17 +556,34 @@ async fn commit(gw: &Arc<Inner>, written: Box<Written>) -> Result<StoreResponse,
         ))),
         Ok(Err(Rejected::Conflict {
             sop_instance_uid,
-            existing_blake3,
-            offered_blake3,
             existing_stored_at_unix_ms,
+            ..
         })) => {
+            // Ours are spare either way. The fingerprints may differ only
+            // by key version (a store racing a key rotation): compare
+            // under the stored one's.
             delete_shards(gw, &state, &manifest);
-            Err(GatewayError::AlreadyExists {
-                sop_instance_uid,
-                existing_blake3,
-                offered_blake3,
-                stored_at: rfc3339_ms(existing_stored_at_unix_ms),
-            })
+            let offered = secrets.plain_blake3;
+            match crate::manifests::from_leader(gw, &manifest.tenant, &sop_instance_uid).await {
+                Ok(Some(existing))
+                    if existing.sealing.plain_size == manifest.sealing.plain_size
+                        && crate::seal::fingerprint_like(&gw.config.keys, &existing, &offered)
+                            .is_ok_and(|f| f == existing.fingerprint) =>
+                {
+                    let secrets = crate::seal::open(&gw.config.keys, &existing)?;
+                    Ok(StoreResponse {
+                        info: Some(instance_info(&existing, &secrets)),
+                        already_stored: true,
+                    })
+                }
+                Ok(Some(existing)) => Err(conflict(gw, &existing, &offered)),
+                _ => Err(GatewayError::AlreadyExists {
+                    sop_instance_uid,
+                    existing_blake3: "(not read)".into(),
+                    offered_blake3: hex::encode(offered),
+                    stored_at: rfc3339_ms(existing_stored_at_unix_ms),
+                }),
+            }
         }
         Ok(Err(other)) => {
             delete_shards(gw, &state, &manifest);
@@ -584,13 +685,24 @@ impl Validator {
     }
 }
 
-/// Validator, encoder and shard writers of one new instance.
+/// What a finished pipeline wrote.
+struct Finished {
+    segments: Vec<SegmentManifest>,
+    /// The instance's (plaintext) blake3 and size.
+    plain_blake3: [u8; 32],
+    plain_size: u64,
+    /// The sealed object's size: what the segments hold.
+    sealed_size: u64,
+}
+
+/// Validator, sealer, encoder and shard writers of one new instance.
 struct Pipeline {
     gw: Arc<Inner>,
     state: Arc<ClusterState>,
     placer: Arc<Placer>,
     object_key: ObjectKey,
-    encoder: Option<ObjectEncoder>,
+    /// Sealer and encoder travel together to the blocking pool.
+    coder: Option<(Sealer, ObjectEncoder)>,
     validator: Validator,
     writes: FuturesOrdered<JoinHandle<Result<SegmentManifest, GatewayError>>>,
     /// To stop the writes when the store is abandoned.
@@ -606,6 +718,7 @@ impl Pipeline {
         state: Arc<ClusterState>,
         placer: Placer,
         object_key: ObjectKey,
+        data_key: &DataKey,
     ) -> Result<Self, GatewayError> {
         let encoder = ObjectEncoder::new(state.profile, object_key)
             .map_err(|e| GatewayError::Internal(format!("erasure profile unusable: {e}")))?;
@@ -614,7 +727,7 @@ impl Pipeline {
             state,
             placer: Arc::new(placer),
             object_key,
-            encoder: Some(encoder),
+            coder: Some((Sealer::new(data_key, &object_key), encoder)),
             validator: Validator::start(),
             writes: FuturesOrdered::new(),
             aborts: Vec::new(),
@@ -625,17 +738,21 @@ impl Pipeline {
 
     async fn push(&mut self, chunk: Bytes) -> Result<(), GatewayError> {
         self.validator.feed(chunk.clone()).await?;
-        let mut encoder = self
-            .encoder
+        let (mut sealer, mut encoder) = self
+            .coder
             .take()
             .ok_or_else(|| GatewayError::Internal("encoder used after an error".into()))?;
-        let (encoder, segments) = tokio::task::spawn_blocking(move || {
-            let r = encoder.push(&chunk);
-            (encoder, r)
+        let (sealer, encoder, segments) = tokio::task::spawn_blocking(move || {
+            let mut sealed = Vec::with_capacity(chunk.len() + kura_seal::CHUNK_SEALED);
+            let r = match sealer.push(&chunk, &mut sealed) {
+                Ok(()) => encoder.push(&sealed).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (sealer, encoder, r)
         })
         .await
         .map_err(|e| GatewayError::Internal(format!("encode task failed: {e}")))?;
-        self.encoder = Some(encoder);
+        self.coder = Some((sealer, encoder));
         let segments = segments.map_err(|e| {
             GatewayError::invalid(
                 "chunk",
@@ -675,35 +792,54 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Encodes the tail, waits for every write and the validator; answers
-    /// the segments, the object's blake3 and its size.
-    async fn finish(&mut self) -> Result<(Vec<SegmentManifest>, [u8; 32], u64), GatewayError> {
-        let encoder = self
-            .encoder
+    /// Seals and encodes the tail, waits for every write and the
+    /// validator.
+    async fn finish(&mut self) -> Result<Finished, GatewayError> {
+        let (sealer, mut encoder) = self
+            .coder
             .take()
             .ok_or_else(|| GatewayError::Internal("encoder used after an error".into()))?;
-        let (tail, digest) = tokio::task::spawn_blocking(move || encoder.finish())
-            .await
-            .map_err(|e| GatewayError::Internal(format!("encode task failed: {e}")))?
-            .map_err(|e| GatewayError::Internal(format!("cannot encode the last segment: {e}")))?;
+        let (segments, plain, digest) = tokio::task::spawn_blocking(move || {
+            let mut sealed = Vec::with_capacity(kura_seal::CHUNK_SEALED);
+            let (plain_blake3, plain_len) =
+                sealer.finish(&mut sealed).map_err(|e| e.to_string())?;
+            let mut segments = encoder.push(&sealed).map_err(|e| e.to_string())?;
+            let (tail, digest) = encoder.finish().map_err(|e| e.to_string())?;
+            segments.extend(tail);
+            Ok::<_, String>((segments, (plain_blake3, plain_len), digest))
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("encode task failed: {e}")))?
+        .map_err(|e| {
+            GatewayError::invalid(
+                "chunk",
+                "INSTANCE_TOO_LARGE",
+                format!("cannot seal or encode the last segment: {e}; nothing was stored"),
+            )
+        })?;
         let summary = self.validator.verdict().await?;
-        if summary.instance_bytes != digest.len {
+        if summary.instance_bytes != plain.1 {
             return Err(GatewayError::invalid(
                 "chunk",
                 "DICOM_TRAILING_BYTES",
                 format!(
                     "the DICOM data ends after {} bytes but {} arrived; nothing was stored",
-                    summary.instance_bytes, digest.len
+                    summary.instance_bytes, plain.1
                 ),
             ));
         }
-        if let Some(tail) = tail {
-            self.write(tail).await?;
+        for s in segments {
+            self.write(s).await?;
         }
         while !self.writes.is_empty() {
             self.collect_one().await?;
         }
-        Ok((std::mem::take(&mut self.done), digest.blake3, digest.len))
+        Ok(Finished {
+            segments: std::mem::take(&mut self.done),
+            plain_blake3: plain.0,
+            plain_size: plain.1,
+            sealed_size: digest.len,
+        })
     }
 
     /// Gives up: stops the writers and deletes what they wrote.

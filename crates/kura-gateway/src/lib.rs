@@ -1,12 +1,13 @@
 //! `kura-gateway`: the public `kura.v1.Archive` gRPC service.
 //!
 //! A gateway holds no data of its own. **Store** reads the DICOM identity
-//! from the first bytes, validates, hashes and erasure-codes the instance as
-//! it streams in, writes every segment's shards to the storage nodes that
+//! from the first bytes, validates, hashes, seals (encryption at rest,
+//! [`seal`]) and erasure-codes the instance as it streams in, writes every segment's shards to the storage nodes that
 //! placement chooses, and commits the manifest through the metadata cluster
 //! ([`ingest`]). **Retrieve** follows the manifest, reads the nearest k good
-//! shards of each segment, reconstructs from parity when it must, and
-//! verifies the object's blake3 before the last byte goes out
+//! shards of each segment, reconstructs from parity when it must, opens
+//! the sealed chunks and verifies the instance's blake3 before the last
+//! byte goes out
 //! ([`retrieve`]). **Stat** and **ListStudy** are answered from the metadata
 //! index alone. Beside the Archive service the gRPC port serves
 //! `grpc.health.v1` and server reflection (v1 and v1alpha); an optional
@@ -24,6 +25,7 @@ mod manifests;
 pub mod ops;
 pub mod repair;
 pub mod retrieve;
+pub mod seal;
 pub mod server;
 pub mod service;
 pub mod tokens;

@@ -1,6 +1,7 @@
 //! Retrieve: read the manifest, fetch each segment's shards from the nearest
 //! holders, reconstruct from parity when a shard is missing, slow or
-//! corrupt, verify the object's blake3, stream the bytes out.
+//! corrupt, open the sealed chunks (`kura_seal::Opener`), verify the
+//! instance's blake3, stream the bytes out.
 //!
 //! Per segment the gateway asks the k holders of the read plan (data shards
 //! first, own site first) in parallel. A failed fetch turns to the next
@@ -94,13 +95,23 @@ type Last = Result<Option<Bytes>, Status>;
 
 /// Sends everything but the answer's end, and answers the end.
 async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> Result<Last, Gone> {
+    let (manifest, secrets) = match crate::seal::open_fresh(gw, manifest).await {
+        Ok(opened) => opened,
+        Err(e) => return Ok(Err(e.into_status())),
+    };
+    let manifest = &manifest;
     send(
         tx,
         Ok(RetrieveResponse {
-            msg: Some(retrieve_response::Msg::Info(instance_info(manifest))),
+            msg: Some(retrieve_response::Msg::Info(instance_info(
+                manifest, &secrets,
+            ))),
         }),
     )
     .await?;
+    // The data key stays the same when the manifest is read again below
+    // (a rotation re-wraps it, it does not change it).
+    let mut opener = kura_seal::Opener::new(&secrets.data_key, &manifest.object_key);
     let state = match gw.cluster.state().await {
         Ok(s) => s,
         Err(e) => return Ok(Err(e.into_status())),
@@ -165,6 +176,20 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
                 return Ok(Err(e.into_status()));
             }
         };
+        let mut plain = Vec::with_capacity(data.len());
+        if let Err(e) = opener.push(&data, &mut plain) {
+            return Ok(Err(crate::seal::sealing_error(&manifest, e).into_status()));
+        }
+        if next_segment >= manifest.segments.len() && ahead.is_empty() {
+            let opener = std::mem::replace(
+                &mut opener,
+                kura_seal::Opener::new(&secrets.data_key, &manifest.object_key),
+            );
+            if let Err(e) = opener.finish(&mut plain) {
+                return Ok(Err(crate::seal::sealing_error(&manifest, e).into_status()));
+            }
+        }
+        let data = Bytes::from(plain);
         hasher.update(&data);
         let mut offset = 0;
         while offset < data.len() {
@@ -182,17 +207,17 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
             offset = end;
         }
     }
-    if *hasher.finalize().as_bytes() != manifest.blake3 {
+    if *hasher.finalize().as_bytes() != secrets.plain_blake3 {
         metrics::counter!("kura_gateway_object_hash_mismatches_total").increment(1);
         tracing::error!(
             sop_instance_uid = %manifest.sop_instance_uid,
-            blake3 = %manifest.blake3_hex(),
+            blake3 = %hex::encode(secrets.plain_blake3),
             "reassembled instance does not match its blake3; not sent"
         );
         let e = GatewayError::DataLoss(format!(
             "instance {} did not reassemble to its blake3 {}; the last bytes were withheld",
             manifest.sop_instance_uid,
-            manifest.blake3_hex()
+            hex::encode(secrets.plain_blake3)
         ));
         return Ok(Err(e.into_status()));
     }

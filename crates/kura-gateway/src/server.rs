@@ -70,6 +70,11 @@ pub struct GatewayConfig {
     /// Storage nodes running in this process: their shards are read
     /// directly, not through a socket (see [`kura_proto::local`]).
     pub local_shards: kura_proto::local::LocalShards,
+    /// The cluster keys instances are sealed under (encryption at rest is
+    /// always on: there is no gateway without keys).
+    pub keys: Arc<kura_seal::Keyring>,
+    /// How long start waits for the metadata cluster to check the keys.
+    pub key_check_wait: Duration,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -82,13 +87,20 @@ impl std::fmt::Debug for GatewayConfig {
             .field("drill", &self.drill.is_some())
             .field("tls", &self.transport.is_tls())
             .field("local_shards", &self.local_shards)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
 
 impl GatewayConfig {
-    pub fn new(meta_endpoints: Vec<String>, transport: kura_auth::Transport) -> Self {
+    pub fn new(
+        meta_endpoints: Vec<String>,
+        transport: kura_auth::Transport,
+        keys: Arc<kura_seal::Keyring>,
+    ) -> Self {
         Self {
+            keys,
+            key_check_wait: Duration::from_secs(60),
             transport,
             meta_endpoints,
             site: None,
@@ -147,6 +159,10 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let ops_addr = ops_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let meta = MetaClient::new(config.meta_endpoints.clone(), config.transport.clone());
+        // A wrong key file must stop the gateway before it serves anything.
+        crate::seal::verify_keys(&meta, &config.keys, config.key_check_wait)
+            .await
+            .map_err(std::io::Error::other)?;
         let expiry = config
             .transport
             .material()
@@ -171,6 +187,7 @@ impl Gateway {
             enforce: config.transport.is_tls(),
             tokens: Arc::clone(&tokens),
             audit,
+            keys: Arc::clone(&config.keys),
         };
         // A cached manifest must still find the shards it names: use it
         // for at most half the time an old holder keeps a moved shard.

@@ -82,14 +82,32 @@ fn resolve(
     caller.tenant("tenant", requested)
 }
 
+/// The Patient ID sealed in `m`, or empty when this gateway cannot open
+/// it (the call itself then fails and says why).
+fn patient_of(keys: &kura_seal::Keyring, m: &Manifest) -> String {
+    crate::seal::open(keys, m)
+        .map(|s| s.patient_id)
+        .unwrap_or_default()
+}
+
+/// The public description of `m`, its sealed fields opened.
+fn info_of(keys: &kura_seal::Keyring, m: &Manifest) -> Result<InstanceInfo, GatewayError> {
+    Ok(instance_info(m, &crate::seal::open(keys, m)?))
+}
+
 /// What a call on one instance touched, for its audit entry.
-fn touched_instance(tenant: &str, uid: &str, m: Option<&Manifest>) -> Touched {
+fn touched_instance(
+    keys: &kura_seal::Keyring,
+    tenant: &str,
+    uid: &str,
+    m: Option<&Manifest>,
+) -> Touched {
     match m {
         Some(m) => Touched {
             tenant: m.tenant.clone(),
             sop_instance_uid: m.sop_instance_uid.clone(),
             study_instance_uid: m.study_instance_uid.clone(),
-            patient_id: m.patient_id.clone(),
+            patient_id: patient_of(keys, m),
         },
         None => Touched {
             tenant: tenant.to_string(),
@@ -144,7 +162,7 @@ impl ArchiveService {
         let audited = self.inner.gate.queue_read(
             &caller,
             rpc,
-            touched_instance(&own, uid, r.as_deref().ok()),
+            touched_instance(&self.inner.config.keys, &own, uid, r.as_deref().ok()),
             code_of(&r),
             self.inner.config.read_audit_wait,
         );
@@ -341,13 +359,16 @@ impl Archive for ArchiveService {
             .read_manifest(&request, "Stat", &req.tenant, &req.sop_instance_uid, &span)
             .await
         {
-            Ok(m) => crate::delete::policies(&self.inner, &m)
-                .await
-                .map(|(until, hold)| InstanceInfo {
-                    retained_until_unix_ms: until,
-                    legal_hold: hold,
-                    ..instance_info(&m)
-                }),
+            Ok(m) => match info_of(&self.inner.config.keys, &m) {
+                Ok(info) => crate::delete::policies(&self.inner, &m)
+                    .await
+                    .map(|(until, hold)| InstanceInfo {
+                        retained_until_unix_ms: until,
+                        legal_hold: hold,
+                        ..info
+                    }),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let _entered = span.enter();
@@ -405,7 +426,7 @@ impl Archive for ArchiveService {
                         .as_ref()
                         .ok()
                         .and_then(|(page, _)| page.first())
-                        .map(|m| m.patient_id.clone())
+                        .map(|m| patient_of(&self.inner.config.keys, m))
                         .unwrap_or_default(),
                     ..Touched::default()
                 },
@@ -417,8 +438,10 @@ impl Archive for ArchiveService {
         let (tx, rx) = mpsc::channel(64);
         let svc = self.clone();
         tokio::spawn(async move {
+            let keys = &svc.inner.config.keys;
             for m in page {
-                if tx.send(Ok(instance_info(&m))).await.is_err() {
+                let info = info_of(keys, &m).map_err(GatewayError::into_status);
+                if tx.send(info).await.is_err() {
                     return;
                 }
             }
@@ -426,7 +449,8 @@ impl Archive for ArchiveService {
                 match svc.study_page(&req, Some(after)).await {
                     Ok((page, more)) => {
                         for m in page {
-                            if tx.send(Ok(instance_info(&m))).await.is_err() {
+                            let info = info_of(keys, &m).map_err(GatewayError::into_status);
+                            if tx.send(info).await.is_err() {
                                 return;
                             }
                         }
@@ -550,7 +574,12 @@ impl Archive for ArchiveService {
             let m = crate::manifests::from_leader(&self.inner, &tenant, &req.sop_instance_uid)
                 .await?
                 .ok_or_else(|| not_found_instance(&tenant, &req.sop_instance_uid))?;
-            touched = Some(touched_instance(&tenant, &req.sop_instance_uid, Some(&m)));
+            touched = Some(touched_instance(
+                &self.inner.config.keys,
+                &tenant,
+                &req.sop_instance_uid,
+                Some(&m),
+            ));
             let deleted = crate::delete::instances(
                 &self.inner,
                 &tenant,
@@ -560,14 +589,15 @@ impl Archive for ArchiveService {
             if deleted == 0 {
                 return Err(not_found_instance(&tenant, &req.sop_instance_uid));
             }
-            tracing::info!(size = m.size, blake3 = %m.blake3_hex(), "instance deleted");
+            tracing::info!(size = m.sealing.plain_size, fingerprint = %m.fingerprint_hex(), "instance deleted");
             Ok(DeleteResponse { deleted })
         }
         .instrument(span)
         .await;
         let own = caller.own_tenant().unwrap_or(&req.tenant).to_string();
-        let touched =
-            touched.unwrap_or_else(|| touched_instance(&own, &req.sop_instance_uid, None));
+        let touched = touched.unwrap_or_else(|| {
+            touched_instance(&self.inner.config.keys, &own, &req.sop_instance_uid, None)
+        });
         self.answer(&caller, "Delete", touched, started, r).await
     }
 

@@ -317,6 +317,29 @@ impl MetaServer {
                 self.consistent(consistency).await?;
                 Ok(QueryResult::Tokens(self.reader.tokens()?))
             }
+            Query::KeyUsage { consistency } => {
+                self.consistent(consistency).await?;
+                Ok(QueryResult::KeyUsage {
+                    manifests: self.reader.key_usage()?,
+                    registered: self.reader.key_versions()?,
+                })
+            }
+            Query::NotSealedUnder {
+                key_version,
+                after,
+                limit,
+                scan,
+                consistency,
+            } => {
+                self.consistent(consistency).await?;
+                let (manifests, next) = self.reader.not_sealed_under(
+                    key_version,
+                    after.as_ref().map(|(t, u)| (t.as_str(), u.as_str())),
+                    limit.clamp(1, LIST_PAGE_MAX) as usize,
+                    scan.clamp(1, 100 * LIST_PAGE_MAX) as usize,
+                )?;
+                Ok(QueryResult::SealedPage { manifests, next })
+            }
             Query::CountManifests { consistency } => {
                 self.consistent(consistency).await?;
                 let c = self.reader.counts()?;

@@ -79,6 +79,48 @@ impl<'de> Visitor<'de> for HexVisitor {
     }
 }
 
+/// The same for byte strings of any length (`#[serde(with = "crate::hex::bytes")]`).
+pub(crate) mod bytes {
+    use serde::de::{self, Deserialize, Deserializer};
+    use serde::{Serialize, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let mut out = String::with_capacity(bytes.len() * 2);
+            for b in bytes {
+                out.push_str(&format!("{b:02x}"));
+            }
+            s.serialize_str(&out)
+        } else {
+            bytes.serialize(s)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            let digits = text.as_bytes();
+            if digits.len() % 2 != 0 {
+                return Err(de::Error::custom("an odd number of hex digits"));
+            }
+            digits
+                .chunks_exact(2)
+                .map(|pair| {
+                    let hi = char::from(pair[0]).to_digit(16);
+                    let lo = char::from(pair[1]).to_digit(16);
+                    match (hi, lo) {
+                        (Some(hi), Some(lo)) => u8::try_from(hi * 16 + lo)
+                            .map_err(|_| de::Error::custom("not a hex digit")),
+                        _ => Err(de::Error::custom("not a hex digit")),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::<u8>::deserialize(d)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,8 +35,7 @@ mod testutil;
 pub use error::PlacementError;
 pub use layout::{Tolerance, check_layout, tolerance};
 pub use manifest::{
-    MANIFEST_FORMAT_VERSION, Manifest, Protection, SegmentManifest, ShardLocation,
-    derive_object_key,
+    MANIFEST_FORMAT_VERSION, Manifest, Protection, Sealing, SegmentManifest, ShardLocation,
 };
 pub use map::{ClusterMap, NAME_BYTES_MAX, NODE_FULL_PERCENT, NodeId, NodeInfo, NodeState, Site};
 pub use placement::{Placement, Placer, place_segment, protection_of};

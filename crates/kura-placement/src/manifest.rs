@@ -1,9 +1,15 @@
 //! The manifest: one record per stored instance, kept in the metadata
 //! cluster's Raft state machine. It names the instance (tenant, DICOM UIDs),
-//! pins its content (size, blake3), says how it was encoded (EC parameters,
+//! pins its content (size, keyed fingerprint), says how it was sealed
+//! (cluster key version, wrapped data key) and encoded (EC parameters,
 //! object key) and where every shard of every segment lives.
 //!
-//! The record carries [`MANIFEST_FORMAT_VERSION`]; golden JSON of version 1
+//! Nothing in it identifies a patient or confirms a known file to someone
+//! holding a voter's disk: the Patient ID and the plaintext's blake3 are
+//! sealed with the data key ([`Sealing`]), and the already-stored check
+//! compares keyed fingerprints.
+//!
+//! The record carries [`MANIFEST_FORMAT_VERSION`]; golden JSON of version 2
 //! sits in `tests/fixtures/` so the format cannot drift silently. Hashes and
 //! keys are hex strings in JSON and plain bytes in bincode (see `hex.rs`).
 //!
@@ -22,11 +28,13 @@ use crate::placement::protection_of;
 
 /// The manifest format this build writes. Readers accept exactly the
 /// versions they know; a newer record is refused, not misread.
-pub const MANIFEST_FORMAT_VERSION: u16 = 1;
+/// Version 1 (unsealed objects, plaintext Patient ID and blake3) was
+/// never deployed and is no longer read.
+pub const MANIFEST_FORMAT_VERSION: u16 = 2;
 
 /// One stored instance: its identity, its bytes' hash, and where every
-/// shard of every segment lives. `Debug` leaves out the patient ID: a
-/// manifest may reach logs (openraft logs entries), patient data must not.
+/// shard of every segment lives. A manifest may reach logs (openraft logs
+/// entries): it holds no patient data in the clear.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// [`MANIFEST_FORMAT_VERSION`] when written.
@@ -37,14 +45,19 @@ pub struct Manifest {
     pub study_instance_uid: String,
     pub series_instance_uid: String,
     pub transfer_syntax_uid: String,
-    pub patient_id: String,
     pub modality: String,
     pub study_date: String,
-    /// Object size in bytes.
+    /// Stored (sealed) object size in bytes: what the segments hold. The
+    /// instance's own size is `sealing.plain_size`.
     pub size: u64,
-    /// blake3 of the whole object.
+    /// The content fingerprint: a keyed hash of the instance's blake3
+    /// under cluster key `sealing.key_version` (`kura_seal::Keyring::
+    /// fingerprint`). Equal content, equal fingerprint, within one tenant
+    /// and key version.
     #[serde(with = "crate::hex")]
-    pub blake3: [u8; 32],
+    pub fingerprint: [u8; 32],
+    /// How the object is sealed.
+    pub sealing: Sealing,
     /// The key in every shard header of this object; placement hashes on it.
     #[serde(with = "crate::hex")]
     pub object_key: [u8; 32],
@@ -69,11 +82,11 @@ impl std::fmt::Debug for Manifest {
             .field("study_instance_uid", &self.study_instance_uid)
             .field("series_instance_uid", &self.series_instance_uid)
             .field("transfer_syntax_uid", &self.transfer_syntax_uid)
-            .field("patient_id", &"<redacted>")
             .field("modality", &self.modality)
             .field("study_date", &self.study_date)
             .field("size", &self.size)
-            .field("blake3", &self.blake3_hex())
+            .field("fingerprint", &self.fingerprint_hex())
+            .field("sealing", &self.sealing)
             .field("object_key", &self.object_key_hex())
             .field("ec", &self.ec)
             .field("segments", &self.segments)
@@ -83,6 +96,36 @@ impl std::fmt::Debug for Manifest {
             .field("updated_at_unix_ms", &self.updated_at_unix_ms)
             .field("retain_until_unix_ms", &self.retain_until_unix_ms)
             .finish()
+    }
+}
+
+/// How an object is sealed (format `kura-seal/1`, ARCHITECTURE.md
+/// "Encryption at rest"): its data key, the plaintext's blake3 and the
+/// Patient ID, wrapped under a cluster key version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealing {
+    /// `kura_seal::SCHEME` when written.
+    pub scheme: u16,
+    /// The cluster key version the secrets are wrapped under.
+    pub key_version: u32,
+    /// The wrapping's HKDF salt.
+    #[serde(with = "crate::hex")]
+    pub salt: [u8; 32],
+    /// The wrapped secrets (AES-256-GCM, tag included).
+    #[serde(with = "crate::hex::bytes")]
+    pub wrapped: Vec<u8>,
+    /// The instance's size in bytes (plaintext).
+    pub plain_size: u64,
+}
+
+impl Sealing {
+    /// The `kura_seal` view of the wrapped secrets.
+    pub fn wrapped(&self) -> kura_seal::Wrapped {
+        kura_seal::Wrapped {
+            key_version: self.key_version,
+            salt: self.salt,
+            bytes: self.wrapped.clone(),
+        }
     }
 }
 
@@ -142,23 +185,6 @@ impl fmt::Display for Protection {
     }
 }
 
-/// A deterministic object key for an instance: the same tenant, UID and
-/// content always get the same key (so a retried store lands on, and
-/// overwrites, its own orphan shards), different content a different one.
-pub fn derive_object_key(
-    tenant: &str,
-    sop_instance_uid: &str,
-    content_blake3: &[u8; 32],
-) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("kura 2025 object key v1");
-    for part in [tenant.as_bytes(), sop_instance_uid.as_bytes()] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    h.update(content_blake3);
-    *h.finalize().as_bytes()
-}
-
 impl Manifest {
     /// Until when the instance may not be deleted: its own retain-until,
     /// or the tenant's retention period (`retention_days`) counted from its
@@ -202,6 +228,26 @@ impl Manifest {
             if value.is_empty() {
                 return Err(fail(format!("{field} is empty")));
             }
+        }
+        if self.sealing.scheme != kura_seal::SCHEME {
+            return Err(fail(format!(
+                "sealing scheme {} is not one this build reads ({})",
+                self.sealing.scheme,
+                kura_seal::SCHEME
+            )));
+        }
+        if self.sealing.key_version == 0 {
+            return Err(fail("sealing key version 0 (versions start at 1)".into()));
+        }
+        if self.sealing.wrapped.len() < 2 * kura_seal::KEY_LEN + kura_seal::TAG_LEN
+            || self.sealing.wrapped.len()
+                > 2 * kura_seal::KEY_LEN + kura_seal::TAG_LEN + kura_seal::PATIENT_ID_MAX
+        {
+            return Err(fail(format!(
+                "wrapped secrets of {} bytes (a data key, a blake3, a Patient ID of at most {} bytes and a tag)",
+                self.sealing.wrapped.len(),
+                kura_seal::PATIENT_ID_MAX
+            )));
         }
         self.ec
             .validate()
@@ -275,16 +321,26 @@ impl Manifest {
                 "protection is Full but some shards are not placed".into(),
             ));
         }
+        if kura_seal::sealed_len(self.sealing.plain_size) != self.size {
+            return Err(fail(format!(
+                "size {} is not what sealing {} plaintext bytes makes ({})",
+                self.size,
+                self.sealing.plain_size,
+                kura_seal::sealed_len(self.sealing.plain_size)
+            )));
+        }
         Ok(())
     }
 
     /// The idempotence check: the same instance of the same tenant with the
-    /// same bytes. Placement, timestamps and version may differ.
+    /// same bytes (equal fingerprints under one key version). Placement,
+    /// sealing, timestamps and version may differ.
     pub fn same_content(&self, other: &Manifest) -> bool {
         self.tenant == other.tenant
             && self.sop_instance_uid == other.sop_instance_uid
-            && self.size == other.size
-            && self.blake3 == other.blake3
+            && self.sealing.plain_size == other.sealing.plain_size
+            && self.sealing.key_version == other.sealing.key_version
+            && self.fingerprint == other.fingerprint
     }
 
     /// The record's key: (tenant, SOP Instance UID).
@@ -292,8 +348,17 @@ impl Manifest {
         (&self.tenant, &self.sop_instance_uid)
     }
 
-    pub fn blake3_hex(&self) -> String {
-        crate::hex::encode(&self.blake3)
+    pub fn fingerprint_hex(&self) -> String {
+        crate::hex::encode(&self.fingerprint)
+    }
+
+    /// What the sealing is bound to.
+    pub fn wrap_context(&self) -> kura_seal::WrapContext<'_> {
+        kura_seal::WrapContext {
+            tenant: &self.tenant,
+            sop_instance_uid: &self.sop_instance_uid,
+            object_key: &self.object_key,
+        }
     }
 
     pub fn object_key_hex(&self) -> String {
@@ -364,9 +429,13 @@ mod tests {
         let m = manifest();
         m.validate().unwrap();
         assert_eq!(m.segments.len(), 3);
-        assert_eq!(m.segments[2].data_len, 1000);
+        assert_eq!(
+            u64::from(m.segments[2].data_len),
+            kura_seal::sealed_len(SIZE_BYTES) - 8 * 1024 * 1024
+        );
         assert_eq!(m.key(), ("t1", "1.2.3.4"));
-        assert_eq!(m.blake3_hex().len(), 64);
+        assert_eq!(m.fingerprint_hex().len(), 64);
+        assert_eq!(m.size, kura_seal::sealed_len(SIZE_BYTES));
         assert_eq!(m.object_key_hex(), crate::hex::encode(&object_key(9)));
         assert_eq!(m.segment(2).unwrap().index, 2);
         assert!(m.segment(3).is_none());
@@ -390,7 +459,8 @@ mod tests {
     fn validate_refuses_structural_errors() {
         type Mutation = Box<dyn Fn(&mut Manifest)>;
         let cases: Vec<(Mutation, &str)> = vec![
-            (Box::new(|m| m.format_version = 2), "format version 2"),
+            (Box::new(|m| m.format_version = 1), "format version 1"),
+            (Box::new(|m| m.format_version = 3), "format version 3"),
             (Box::new(|m| m.format_version = 0), "format version 0"),
             (Box::new(|m| m.tenant.clear()), "tenant is empty"),
             (
@@ -410,7 +480,20 @@ mod tests {
                 Box::new(|m| m.segments[1].index = 7),
                 "segment 1: has index 7",
             ),
-            (Box::new(|m| m.segments[2].data_len = 999), "data_len 999"),
+            (
+                Box::new(|m| m.segments[2].data_len -= 1),
+                "but the object implies",
+            ),
+            (
+                Box::new(|m| m.sealing.plain_size += 1),
+                "is not what sealing",
+            ),
+            (Box::new(|m| m.sealing.scheme = 2), "sealing scheme 2"),
+            (Box::new(|m| m.sealing.key_version = 0), "key version 0"),
+            (
+                Box::new(|m| m.sealing.wrapped.truncate(79)),
+                "wrapped secrets of 79 bytes",
+            ),
             (
                 Box::new(|m| m.segments[0].shards.truncate(8)),
                 "8 shards, RS(5,4) has 9",
@@ -446,10 +529,16 @@ mod tests {
         unplaced.segments[0].shards[4].node = None;
         unplaced.protection = Protection::UnderProtected;
         unplaced.validate().unwrap();
-        let mut empty = manifest();
-        empty.size = 0;
-        empty.segments.clear();
-        empty.validate().unwrap();
+        let mut small = manifest();
+        small.sealing.plain_size = 0;
+        small.size = kura_seal::sealed_len(0);
+        small.segments.truncate(1);
+        small.segments[0].data_len = 16;
+        let shard_len = small.ec.shard_len(16);
+        for s in &mut small.segments[0].shards {
+            s.len = shard_len;
+        }
+        small.validate().unwrap();
     }
 
     #[test]
@@ -459,8 +548,14 @@ mod tests {
         b.version = 9;
         b.updated_at_unix_ms += 5;
         assert!(a.same_content(&b) && b.same_content(&a));
-        b.blake3[0] ^= 1;
+        b.fingerprint[0] ^= 1;
         assert!(!a.same_content(&b));
+        b.fingerprint[0] ^= 1;
+        b.sealing.key_version = 2;
+        assert!(
+            !a.same_content(&b),
+            "fingerprints of two key versions do not compare"
+        );
         let mut c = a.clone();
         c.tenant = "t2".into();
         assert!(!a.same_content(&c));
@@ -495,20 +590,6 @@ mod tests {
                 index: 9
             })
         );
-    }
-
-    #[test]
-    fn object_keys_are_derived_from_identity_and_content() {
-        let content = [1u8; 32];
-        let key = derive_object_key("t", "1.2", &content);
-        assert_eq!(key, derive_object_key("t", "1.2", &content));
-        assert_ne!(key, derive_object_key("t", "1.3", &content));
-        assert_ne!(
-            key,
-            derive_object_key("t1", ".2", &content),
-            "fields are length-prefixed"
-        );
-        assert_ne!(key, derive_object_key("t", "1.2", &[2u8; 32]));
     }
 
     #[test]

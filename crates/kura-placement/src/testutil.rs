@@ -69,13 +69,15 @@ pub(crate) fn fake_hash(parts: &[u64]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// A manifest of `size` bytes placed on `map` as a gateway would.
+/// A manifest of an instance of `plain_size` bytes placed on `map` as a
+/// gateway would.
 pub(crate) fn placed_manifest(
     map: &ClusterMap,
     profile: &Profile,
-    size: u64,
+    plain_size: u64,
     key: [u8; 32],
 ) -> Manifest {
+    let size = kura_seal::sealed_len(plain_size);
     let placer = Placer::new(map, profile).unwrap();
     let mut protection = crate::Protection::Full;
     let segments = (0..u32::try_from(profile.segment_count(size)).unwrap())
@@ -108,11 +110,17 @@ pub(crate) fn placed_manifest(
         study_instance_uid: "1.2.3".into(),
         series_instance_uid: "1.2.3.1".into(),
         transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
-        patient_id: "P1".into(),
         modality: "CT".into(),
         study_date: "20250101".into(),
         size,
-        blake3: fake_hash(&[size]),
+        fingerprint: fake_hash(&[size]),
+        sealing: crate::manifest::Sealing {
+            scheme: kura_seal::SCHEME,
+            key_version: 1,
+            salt: fake_hash(&[1]),
+            wrapped: vec![0; 80],
+            plain_size,
+        },
         object_key: key,
         ec: *profile,
         segments,

@@ -7,7 +7,7 @@
 //! never link each other.
 
 use kura_erasure::EcParams;
-use kura_placement::{ClusterMap, Manifest, NodeId, NodeInfo, NodeState};
+use kura_placement::{ClusterMap, Manifest, NodeId, NodeInfo, NodeState, Sealing};
 use serde::{Deserialize, Serialize};
 
 /// The largest encoded command the cluster accepts. A manifest of a 4 GiB
@@ -109,7 +109,32 @@ pub enum Command {
         study_instance_uid: String,
         hold: Option<LegalHold>,
     },
+    /// Records the check values of the cluster key versions a gateway holds
+    /// (`kura_seal::Keyring::check_value`): a version not yet known is
+    /// recorded; one known with another value refuses the whole command
+    /// ([`Rejected::KeyMismatch`]: that gateway's key file is wrong).
+    RegisterKeys { checks: Vec<KeyCheck> },
+    /// Key rotation: replaces a manifest's sealing and fingerprint if its
+    /// stored version is `expected_version`. The instance, its size and
+    /// its placement stay as they are; the version is bumped.
+    Rewrap {
+        tenant: String,
+        sop_instance_uid: String,
+        expected_version: u64,
+        sealing: Sealing,
+        fingerprint: [u8; 32],
+    },
 }
+
+/// The check value of one cluster key version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCheck {
+    pub version: u32,
+    pub check: [u8; 32],
+}
+
+/// The most key versions one `RegisterKeys` may carry.
+pub const KEY_VERSIONS_MAX: usize = 64;
 
 /// The most instances one `DeleteManifests` may name.
 pub const DELETE_BATCH_MAX: usize = 1000;
@@ -252,6 +277,8 @@ impl Command {
             Command::SetRetention { .. } => "set_retention",
             Command::SetLegalHold { .. } => "set_legal_hold",
             Command::ClaimRepair { .. } => "claim_repair",
+            Command::RegisterKeys { .. } => "register_keys",
+            Command::Rewrap { .. } => "rewrap",
         }
     }
 
@@ -302,6 +329,30 @@ impl Command {
                         "an audit batch carries 1 to {AUDIT_BATCH_MAX} records, not {}",
                         records.len()
                     ));
+                }
+                Ok(())
+            }
+            Command::RegisterKeys { checks } => {
+                if checks.is_empty() || checks.len() > KEY_VERSIONS_MAX {
+                    return Err(format!(
+                        "a key registration carries 1 to {KEY_VERSIONS_MAX} versions, not {}",
+                        checks.len()
+                    ));
+                }
+                if checks.iter().any(|c| c.version == 0) {
+                    return Err("cluster key versions start at 1".into());
+                }
+                Ok(())
+            }
+            Command::Rewrap {
+                tenant,
+                sop_instance_uid,
+                sealing,
+                ..
+            } => {
+                validate_tenant(tenant)?;
+                if sop_instance_uid.is_empty() || sealing.key_version == 0 {
+                    return Err("a rewrap names an instance and a key version from 1".into());
                 }
                 Ok(())
             }
@@ -473,19 +524,24 @@ pub enum Applied {
     Deleted { deleted: u64, absent: u64 },
     /// A retention period or legal hold was set or cleared.
     PolicySet,
+    /// The key check values matched or were recorded; every version the
+    /// cluster knows, ascending.
+    KeysRegistered { known: Vec<u32> },
 }
 
 /// A command the state machine refused; nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejected {
-    /// Same SOP Instance UID, different content.
+    /// Same SOP Instance UID, different content (or content fingerprinted
+    /// under another key version: the gateway compares again).
     #[error(
-        "instance {sop_instance_uid} is already stored with different bytes (stored blake3 {existing_blake3}, stored at {existing_stored_at_unix_ms} ms since epoch; offered blake3 {offered_blake3})"
+        "instance {sop_instance_uid} is already stored with different bytes (stored at {existing_stored_at_unix_ms} ms since epoch; fingerprints {existing_fingerprint} under key version {existing_key_version}, offered {offered_fingerprint})"
     )]
     Conflict {
         sop_instance_uid: String,
-        existing_blake3: String,
-        offered_blake3: String,
+        existing_fingerprint: String,
+        existing_key_version: u32,
+        offered_fingerprint: String,
         existing_stored_at_unix_ms: i64,
     },
     /// A compare-and-set found another version.
@@ -511,6 +567,12 @@ pub enum Rejected {
         study_instance_uid: String,
         reason: String,
     },
+    /// A gateway's cluster key of `version` is not the one the cluster
+    /// recorded for that version.
+    #[error(
+        "cluster key version {version} differs from the one the cluster recorded for that version (its check value does not match)"
+    )]
+    KeyMismatch { version: u32 },
 }
 
 /// How fresh a read must be.
@@ -626,6 +688,20 @@ pub enum Query {
         study_instance_uid: String,
         consistency: Consistency,
     },
+    /// How many manifests are sealed under each cluster key version, and
+    /// the versions whose check values the cluster holds.
+    KeyUsage { consistency: Consistency },
+    /// Key rotation's work list: manifests (of every tenant, in key order,
+    /// after `after` = (tenant, UID)) not sealed under `key_version`, at
+    /// most `limit` of them from at most `scan` manifests looked at; `next`
+    /// says where to go on.
+    NotSealedUnder {
+        key_version: u32,
+        after: Option<(String, String)>,
+        limit: u32,
+        scan: u32,
+        consistency: Consistency,
+    },
 }
 
 /// The answer to a [`Query`].
@@ -668,6 +744,17 @@ pub enum QueryResult {
     ShardsReferenced(Vec<ShardReference>),
     Retention(Option<u32>),
     LegalHold(Option<LegalHold>),
+    KeyUsage {
+        /// (key version, manifests sealed under it), ascending.
+        manifests: Vec<(u32, u64)>,
+        /// Versions whose check values are recorded, ascending.
+        registered: Vec<u32>,
+    },
+    SealedPage {
+        manifests: Vec<Manifest>,
+        /// Pass as `after` for the next page; `None` when the scan is done.
+        next: Option<(String, String)>,
+    },
 }
 
 /// A voter of the metadata cluster: its Raft id and the address of its

@@ -62,6 +62,26 @@ impl CertDir {
         certs(&self.kura, &args)
     }
 
+    /// The cluster key file `DIR/cluster.keys`, made with `kura keys
+    /// generate` the first time (gateways seal instances under it).
+    pub fn keys(&self) -> Result<PathBuf, String> {
+        let path = self.dir.join("cluster.keys");
+        if !path.exists() {
+            let out = Command::new(&self.kura)
+                .args(["keys", "generate", "--file"])
+                .arg(&path)
+                .output()
+                .map_err(|e| format!("run {}: {e}", self.kura.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "kura keys generate: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(path)
+    }
+
     /// `kura certs node --config CONFIG --node ID --dir DIR`.
     pub fn node(&self, config: &Path, id: u64) -> Result<(), String> {
         certs(

@@ -57,6 +57,16 @@
 //! # insecure_plaintext = true    # test clusters only: no TLS, every caller trusted
 //! ```
 //!
+//! Encryption at rest is always on: a gateway seals every instance under
+//! the cluster keys and refuses to start without them. The keys live in
+//! their own file, never in kura.toml; `kura keys generate --file PATH`
+//! makes it, and every gateway (only gateways) gets the same file:
+//!
+//! ```toml
+//! [encryption]
+//! keys_file = "/etc/kura/cluster.keys"   # or KURA_CLUSTER_KEYS_FILE
+//! ```
+//!
 //! Relative paths are relative to the directory of kura.toml.
 
 use std::collections::BTreeSet;
@@ -80,6 +90,8 @@ pub struct Config {
     pub scrub: ScrubSection,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub encryption: EncryptionSection,
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteSection>,
     #[serde(default, rename = "node")]
@@ -256,6 +268,17 @@ pub struct TlsSection {
     #[serde(default)]
     pub insecure_plaintext: bool,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// The cluster key file (`kura keys generate`); the environment
+    /// variable [`KEYS_FILE_ENV`] overrides it.
+    pub keys_file: Option<PathBuf>,
+}
+
+/// The environment variable naming the cluster key file.
+pub const KEYS_FILE_ENV: &str = "KURA_CLUSTER_KEYS_FILE";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -497,6 +520,27 @@ impl Checked {
             }
         }
         out
+    }
+
+    /// The cluster keys a gateway seals under: from the file
+    /// `KURA_CLUSTER_KEYS_FILE` names, else `[encryption] keys_file`.
+    pub fn keyring(&self) -> Result<kura_seal::Keyring, String> {
+        let path = match std::env::var_os(KEYS_FILE_ENV) {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => match &self.config.encryption.keys_file {
+                Some(p) => self.base_dir.join(p),
+                None => {
+                    return Err(format!(
+                        "no cluster key file: a gateway seals every instance (encryption at rest is always on). Make one with\n  \
+                         kura keys generate --file /etc/kura/cluster.keys\n\
+                         copy it to every gateway (never to storage nodes or voters) and add to kura.toml:\n  \
+                         [encryption]\n  keys_file = \"/etc/kura/cluster.keys\"\n\
+                         (or set {KEYS_FILE_ENV})"
+                    ));
+                }
+            },
+        };
+        kura_seal::Keyring::from_file(&path).map_err(|e| e.to_string())
     }
 
     /// The certificate directory `[tls] dir`, resolved.

@@ -80,6 +80,10 @@ enum Command {
     /// default: every link, every caller).
     #[command(subcommand)]
     Certs(cmd::certs::CertsCommand),
+    /// The cluster key file gateways seal instances under (encryption at
+    /// rest is always on).
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Admin(command) => cmd::admin::run(command),
         Command::Drill(command) => cmd::drill::run(command),
         Command::Certs(command) => cmd::certs::run(command),
+        Command::Keys(command) => cmd::keys::run(command),
     };
     match result {
         Ok(code) => code,

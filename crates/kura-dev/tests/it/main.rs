@@ -5,6 +5,7 @@
 mod archive;
 mod degraded;
 mod delete;
+mod encryption;
 mod harness;
 mod liveness;
 mod ops;

@@ -460,6 +460,7 @@ async fn two_gateways_rebuild_each_lost_shard_once() {
             0,
         )
         .expect("gateway certificate"),
+        c.dev.config().keyring().expect("cluster keys"),
     );
     gc.repair = Some(repair);
     let second = kura_gateway::Gateway::start(gc, l, None)

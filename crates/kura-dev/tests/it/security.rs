@@ -296,37 +296,18 @@ async fn every_internal_client_negotiates_tls() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let gw = kura_gateway::Gateway::start(
-        kura_gateway::GatewayConfig::new(
-            vec![sniff.addr.clone()],
-            dev_node(&c, NodeRole::Gateway, 0),
-        ),
-        l,
-        None,
-    )
-    .await
-    .expect("gateway");
-    let mut client = ArchiveClient::new(
-        c.dev
-            .client_transport(TENANT, &[ClientRole::Reader])
-            .expect("client")
-            .endpoint(&gw.addr().to_string())
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect"),
+    // The gateway's first call to a voter is at start: it checks its
+    // cluster keys there.
+    let gc = kura_gateway::GatewayConfig::new(
+        vec![sniff.addr.clone()],
+        dev_node(&c, NodeRole::Gateway, 0),
+        c.dev.config().keyring().expect("cluster keys"),
     );
-    let call = tokio::spawn(async move {
-        let _ = client
-            .stat(StatRequest {
-                tenant: TENANT.into(),
-                sop_instance_uid: "1.2.3".into(),
-            })
-            .await;
+    let start = tokio::spawn(async move {
+        let _ = kura_gateway::Gateway::start(gc, l, None).await;
     });
     sniff.assert_tls("gateway -> voter").await;
-    call.abort();
-    gw.shutdown().await;
+    start.abort();
 
     let sniff = Sniffer::start().await;
     let dir = tempfile::tempdir().expect("dir");
@@ -582,6 +563,7 @@ async fn second_gateway(c: &Cluster) -> kura_gateway::Gateway {
     let mut gc = kura_gateway::GatewayConfig::new(
         c.dev.meta_endpoints().to_vec(),
         dev_node(c, NodeRole::Gateway, 0),
+        c.dev.config().keyring().expect("cluster keys"),
     );
     gc.repair = None;
     kura_gateway::Gateway::start(gc, l, None)

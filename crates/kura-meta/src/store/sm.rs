@@ -75,6 +75,15 @@ fn retention_key(tenant: &str) -> Vec<u8> {
     key
 }
 
+/// Where a cluster key version's check value lives in the `sm` column
+/// family.
+fn key_check_key(version: u32) -> Vec<u8> {
+    let mut key = KEY_CHECK_PREFIX.to_vec();
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+const KEY_CHECK_PREFIX: &[u8] = b"key_check/";
+
 /// Where a study's legal hold lives in the `sm` column family.
 fn legal_hold_key(tenant: &str, study: &str) -> Vec<u8> {
     let mut key = b"legal_hold/".to_vec();
@@ -458,6 +467,77 @@ impl StateReader {
     /// The legal hold on a study, if any.
     pub fn legal_hold(&self, tenant: &str, study: &str) -> Result<Option<LegalHold>, StorageError> {
         self.get(CF_SM, &legal_hold_key(tenant, study))
+    }
+
+    /// The cluster key versions whose check values are recorded, ascending.
+    pub fn key_versions(&self) -> Result<Vec<u32>, StorageError> {
+        let h = cf(&self.db, CF_SM)?;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(h, IteratorMode::From(KEY_CHECK_PREFIX, Direction::Forward))
+        {
+            let (key, _) = item.map_err(read_err)?;
+            let Some(rest) = key.strip_prefix(KEY_CHECK_PREFIX) else {
+                break;
+            };
+            if let Ok(v) = <[u8; 4]>::try_from(rest) {
+                out.push(u32::from_be_bytes(v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Manifests per cluster key version (a scan of every manifest).
+    pub fn key_usage(&self) -> Result<Vec<(u32, u64)>, StorageError> {
+        let h = cf(&self.db, CF_MANIFESTS)?;
+        let mut counts = std::collections::BTreeMap::<u32, u64>::new();
+        for item in self.db.iterator_cf(h, IteratorMode::Start) {
+            let (_, value) = item.map_err(read_err)?;
+            let m: Manifest = codec::decode(&value).map_err(read_err)?;
+            *counts.entry(m.sealing.key_version).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    /// Manifests of any tenant after `after`, in key order, not sealed
+    /// under `key_version`: at most `limit`, from at most `scan` looked at.
+    /// The cursor is the last manifest looked at.
+    #[allow(clippy::type_complexity)]
+    pub fn not_sealed_under(
+        &self,
+        key_version: u32,
+        after: Option<(&str, &str)>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<(Vec<Manifest>, Option<(String, String)>), StorageError> {
+        let h = cf(&self.db, CF_MANIFESTS)?;
+        let start = match after {
+            Some((tenant, uid)) => {
+                let mut k = manifest_key(tenant, uid);
+                k.push(0);
+                k
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        let mut last: Option<(String, String)> = None;
+        for (looked, item) in self
+            .db
+            .iterator_cf(h, IteratorMode::From(&start, Direction::Forward))
+            .enumerate()
+        {
+            if out.len() == limit || looked == scan {
+                return Ok((out, last));
+            }
+            let (_, value) = item.map_err(read_err)?;
+            let m: Manifest = codec::decode(&value).map_err(read_err)?;
+            last = Some((m.tenant.clone(), m.sop_instance_uid.clone()));
+            if m.sealing.key_version != key_version {
+                out.push(m);
+            }
+        }
+        Ok((out, None))
     }
 
     /// Manifest counts.
@@ -895,6 +975,39 @@ impl<'a> Txn<'a> {
 
     /// Whether any key starting with `prefix` exists, pending writes of
     /// this transaction included.
+    /// Every key under `prefix`, pending writes included (a few: key
+    /// versions).
+    fn keys_with_prefix(
+        &self,
+        cf_name: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut keys = std::collections::BTreeSet::new();
+        let h = cf(self.db, cf_name)?;
+        for item in self
+            .db
+            .iterator_cf(h, IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (key, _) = item.map_err(read_err)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            keys.insert(key.to_vec());
+        }
+        for ((_, k), v) in self
+            .writes
+            .range((cf_name, prefix.to_vec())..)
+            .take_while(|((c, k), _)| *c == cf_name && k.starts_with(prefix))
+        {
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
     fn any_with_prefix(&self, cf_name: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
         let pending = self
             .writes
@@ -951,8 +1064,9 @@ fn put_manifest(txn: &mut Txn<'_>, mut m: Manifest) -> Result<CommandResult, Sto
         }
         return Ok(Err(Rejected::Conflict {
             sop_instance_uid: m.sop_instance_uid.clone(),
-            existing_blake3: hex32(&existing.blake3),
-            offered_blake3: hex32(&m.blake3),
+            existing_fingerprint: hex32(&existing.fingerprint),
+            existing_key_version: existing.sealing.key_version,
+            offered_fingerprint: hex32(&m.fingerprint),
             existing_stored_at_unix_ms: existing.stored_at_unix_ms,
         }));
     }
@@ -1208,6 +1322,61 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
                 deleted: found.len() as u64,
                 absent,
             }))
+        }
+        Command::RegisterKeys { checks } => {
+            for c in &checks {
+                let key = key_check_key(c.version);
+                match txn.get::<[u8; 32]>(CF_SM, &key)? {
+                    Some(known) if known != c.check => {
+                        return Ok(Err(Rejected::KeyMismatch { version: c.version }));
+                    }
+                    Some(_) => {}
+                    None => txn.put(CF_SM, key, &c.check)?,
+                }
+            }
+            let mut known: Vec<u32> = txn
+                .keys_with_prefix(CF_SM, KEY_CHECK_PREFIX)?
+                .iter()
+                .filter_map(|k| <[u8; 4]>::try_from(&k[KEY_CHECK_PREFIX.len()..]).ok())
+                .map(u32::from_be_bytes)
+                .collect();
+            known.sort_unstable();
+            known.dedup();
+            Ok(Ok(Applied::KeysRegistered { known }))
+        }
+        Command::Rewrap {
+            tenant,
+            sop_instance_uid,
+            expected_version,
+            sealing,
+            fingerprint,
+        } => {
+            let key = manifest_key(&tenant, &sop_instance_uid);
+            let Some(mut m) = txn.get::<Manifest>(CF_MANIFESTS, &key)? else {
+                return Ok(Err(Rejected::NotFound(format!(
+                    "instance {sop_instance_uid} of tenant {tenant}"
+                ))));
+            };
+            if m.version != expected_version {
+                return Ok(Err(Rejected::VersionMismatch {
+                    expected: expected_version,
+                    current: m.version,
+                }));
+            }
+            if sealing.plain_size != m.sealing.plain_size || sealing.scheme != m.sealing.scheme {
+                return Ok(Err(Rejected::Invalid(format!(
+                    "a rewrap of {sop_instance_uid} must not change its size or sealing scheme"
+                ))));
+            }
+            m.sealing = sealing;
+            m.fingerprint = fingerprint;
+            m.version += 1;
+            if let Err(e) = m.validate() {
+                return Ok(Err(Rejected::Invalid(e.to_string())));
+            }
+            let version = m.version;
+            txn.put(CF_MANIFESTS, key, &m)?;
+            Ok(Ok(Applied::ManifestUpdated { version }))
         }
         Command::SetRetention { tenant, days } => {
             match days {

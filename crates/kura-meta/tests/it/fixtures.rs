@@ -39,7 +39,7 @@ pub fn uid(n: u64) -> String {
 /// identified by `content`, placed on nodes 1..=3.
 pub fn manifest(uid: &str, series: &str, content: u64) -> Manifest {
     let ec = ec();
-    let size = 100u64;
+    let size = kura_seal::sealed_len(84);
     let shard_len = ec.shard_len(size as u32);
     Manifest {
         format_version: MANIFEST_FORMAT_VERSION,
@@ -49,11 +49,17 @@ pub fn manifest(uid: &str, series: &str, content: u64) -> Manifest {
         study_instance_uid: STUDY.into(),
         series_instance_uid: series.into(),
         transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
-        patient_id: "P-0001".into(),
         modality: "CT".into(),
         study_date: "20261125".into(),
         size,
-        blake3: content_hash(content),
+        fingerprint: content_hash(content),
+        sealing: kura_placement::Sealing {
+            scheme: kura_seal::SCHEME,
+            key_version: 1,
+            salt: content_hash(content ^ 0xeeee),
+            wrapped: vec![7; 86],
+            plain_size: 84,
+        },
         object_key: content_hash(content ^ 0xffff),
         ec,
         segments: vec![SegmentManifest {

@@ -63,7 +63,7 @@ async fn leader_killed_writes_continue_and_old_leader_catches_up() {
         let m = get(&client, n)
             .await
             .unwrap_or_else(|| panic!("manifest {n} lost"));
-        assert_eq!(m.blake3, crate::fixtures::content_hash(n));
+        assert_eq!(m.fingerprint, crate::fixtures::content_hash(n));
     }
     // The old leader, restarted from its directory, catches up.
     c.add_node(old).await;
@@ -216,8 +216,8 @@ async fn put_is_idempotent_conflicts_are_refused_cas_checks_versions() {
         .expect("put")
     {
         Err(Rejected::Conflict {
-            existing_blake3,
-            offered_blake3,
+            existing_fingerprint: existing_blake3,
+            offered_fingerprint: offered_blake3,
             existing_stored_at_unix_ms,
             ..
         }) => {
@@ -377,7 +377,10 @@ async fn bulk_import_applies_each_manifest_as_a_put() {
         let m = get(&client, n)
             .await
             .expect("imported manifest is readable");
-        assert_eq!(crate::fixtures::content_of_hex(&hex::encode(m.blake3)), n);
+        assert_eq!(
+            crate::fixtures::content_of_hex(&hex::encode(m.fingerprint)),
+            n
+        );
     }
     // The object-key index answers which keys manifests reference.
     let stored = get(&client, 3).await.expect("stored");

@@ -41,7 +41,8 @@ async fn run_op(client: &MetaClient, key: u64, op: &Op) -> Option<Outcome> {
                 Ok(Applied::ManifestCreated { .. }) => Outcome::PutCreated,
                 Ok(Applied::ManifestIdentical { .. }) => Outcome::PutIdentical,
                 Err(Rejected::Conflict {
-                    existing_blake3, ..
+                    existing_fingerprint: existing_blake3,
+                    ..
                 }) => Outcome::PutConflict {
                     existing_value: content_of_hex(&existing_blake3),
                 },
@@ -86,7 +87,7 @@ async fn run_op(client: &MetaClient, key: u64, op: &Op) -> Option<Outcome> {
                 panic!("unexpected read answer {r:?}");
             };
             Some(Outcome::ReadValue(m.map(|m| Record {
-                value: u64::from_le_bytes(m.blake3[..8].try_into().unwrap_or_default()),
+                value: u64::from_le_bytes(m.fingerprint[..8].try_into().unwrap_or_default()),
                 version: m.version,
             })))
         }

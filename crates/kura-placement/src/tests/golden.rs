@@ -14,8 +14,8 @@ use crate::manifest::{
 };
 use crate::map::{ClusterMap, NodeInfo, NodeState, Site};
 
-const MANIFEST_V1_JSON: &str = include_str!("../../tests/fixtures/manifest_v1.json");
-const MANIFEST_V1_BINCODE_HEX: &str = include_str!("../../tests/fixtures/manifest_v1.bincode.hex");
+const MANIFEST_V2_JSON: &str = include_str!("../../tests/fixtures/manifest_v2.json");
+const MANIFEST_V2_BINCODE_HEX: &str = include_str!("../../tests/fixtures/manifest_v2.bincode.hex");
 const CLUSTER_MAP_V1_JSON: &str = include_str!("../../tests/fixtures/cluster_map_v1.json");
 const CLUSTER_MAP_V1_BINCODE_HEX: &str =
     include_str!("../../tests/fixtures/cluster_map_v1.bincode.hex");
@@ -25,7 +25,7 @@ fn bytes(seed: u8) -> [u8; 32] {
 }
 
 /// A two-segment RS(2,1) instance; shard 1 of segment 1 is unplaced.
-fn manifest_v1() -> Manifest {
+fn manifest_v2() -> Manifest {
     let ec = EcParams {
         data_shards: 2,
         parity_shards: 1,
@@ -39,18 +39,24 @@ fn manifest_v1() -> Manifest {
         len,
     };
     Manifest {
-        format_version: 1,
+        format_version: 2,
         tenant: "hospital-a".into(),
         sop_instance_uid: "1.2.826.0.1.3680043.8.498.1".into(),
         sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
         study_instance_uid: "1.2.826.0.1.3680043.8.498.2".into(),
         series_instance_uid: "1.2.826.0.1.3680043.8.498.3".into(),
         transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
-        patient_id: "PAT-0001".into(),
         modality: "CT".into(),
         study_date: "20250314".into(),
         size: 65_636,
-        blake3: bytes(1),
+        fingerprint: bytes(1),
+        sealing: crate::manifest::Sealing {
+            scheme: 1,
+            key_version: 3,
+            salt: bytes(4),
+            wrapped: (0u8..88).collect(),
+            plain_size: 65_604,
+        },
         object_key: bytes(2),
         ec,
         segments: vec![
@@ -145,30 +151,33 @@ fn check_fixture(name: &str, fixture: &str, actual: &str) {
 }
 
 #[test]
-fn manifest_v1_json_is_stable() {
-    let sample = manifest_v1();
+fn manifest_v2_json_is_stable() {
+    let sample = manifest_v2();
     sample.validate().unwrap();
     assert_eq!(sample.format_version, MANIFEST_FORMAT_VERSION);
     let json = serde_json::to_string_pretty(&sample).unwrap() + "\n";
-    check_fixture("manifest_v1.json", MANIFEST_V1_JSON, &json);
-    let decoded: Manifest = serde_json::from_str(MANIFEST_V1_JSON).unwrap();
+    check_fixture("manifest_v2.json", MANIFEST_V2_JSON, &json);
+    let decoded: Manifest = serde_json::from_str(MANIFEST_V2_JSON).unwrap();
     assert_eq!(decoded, sample);
     assert!(
-        json.contains(&format!("\"blake3\": \"{}\"", sample.blake3_hex())),
+        json.contains(&format!(
+            "\"fingerprint\": \"{}\"",
+            sample.fingerprint_hex()
+        )),
         "hashes are hex in JSON"
     );
 }
 
 #[test]
-fn manifest_v1_bincode_is_stable() {
-    let sample = manifest_v1();
+fn manifest_v2_bincode_is_stable() {
+    let sample = manifest_v2();
     let encoded = bincode::serialize(&sample).unwrap();
     check_fixture(
-        "manifest_v1.bincode.hex",
-        MANIFEST_V1_BINCODE_HEX,
+        "manifest_v2.bincode.hex",
+        MANIFEST_V2_BINCODE_HEX,
         &to_hex(&encoded),
     );
-    let decoded: Manifest = bincode::deserialize(&from_hex(MANIFEST_V1_BINCODE_HEX)).unwrap();
+    let decoded: Manifest = bincode::deserialize(&from_hex(MANIFEST_V2_BINCODE_HEX)).unwrap();
     assert_eq!(decoded, sample);
 }
 
@@ -197,24 +206,24 @@ fn cluster_map_v1_bincode_is_stable() {
 
 #[test]
 fn json_hashes_decode_in_either_case_but_not_malformed() {
-    let upper = MANIFEST_V1_JSON.replace(
-        &manifest_v1().blake3_hex(),
-        &manifest_v1().blake3_hex().to_uppercase(),
+    let upper = MANIFEST_V2_JSON.replace(
+        &manifest_v2().fingerprint_hex(),
+        &manifest_v2().fingerprint_hex().to_uppercase(),
     );
     assert_eq!(
         serde_json::from_str::<Manifest>(&upper).unwrap(),
-        manifest_v1()
+        manifest_v2()
     );
-    let as_array = MANIFEST_V1_JSON.replace(
-        &format!("\"{}\"", manifest_v1().blake3_hex()),
-        &serde_json::to_string(&manifest_v1().blake3).unwrap(),
+    let as_array = MANIFEST_V2_JSON.replace(
+        &format!("\"{}\"", manifest_v2().fingerprint_hex()),
+        &serde_json::to_string(&manifest_v2().fingerprint).unwrap(),
     );
-    assert!(as_array.contains("\"blake3\": [31,32,"), "{as_array}");
+    assert!(as_array.contains("\"fingerprint\": [31,32,"), "{as_array}");
     assert_eq!(
         serde_json::from_str::<Manifest>(&as_array).unwrap(),
-        manifest_v1()
+        manifest_v2()
     );
-    let short = MANIFEST_V1_JSON.replace(&manifest_v1().blake3_hex(), "abcd");
+    let short = MANIFEST_V2_JSON.replace(&manifest_v2().fingerprint_hex(), "abcd");
     let err = serde_json::from_str::<Manifest>(&short)
         .unwrap_err()
         .to_string();

@@ -149,12 +149,39 @@ pub enum AdminCommand {
         #[command(flatten)]
         connect: AdminConnect,
     },
+    /// Encryption at rest: instances per cluster key version (status), and
+    /// re-wrapping every data key under the gateway's newest key (rotate).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Bearer tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(crate::cmd::audit::TokenCommand),
     /// The audit trail: every access, allowed or refused, hash-chained.
     /// Without a subcommand: query it (auditor or admin role).
     Audit(crate::cmd::audit::AuditArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// How many instances are sealed under each cluster key version, and
+    /// which versions the cluster and the gateway hold. A version with no
+    /// instance left can be removed from the gateways' key files.
+    Status(AdminConnect),
+    /// Re-wrap every instance's data key under the gateway's current
+    /// (newest) cluster key, with progress. Only manifests change, never
+    /// the stored data; safe to stop and run again (it resumes where the
+    /// work is left).
+    Rotate {
+        /// Instances per call (at most 1000).
+        #[arg(long, default_value_t = 256)]
+        page: u32,
+        /// Start after this instance (TENANT/UID, as printed when a run
+        /// stops early) instead of from the beginning.
+        #[arg(long, value_name = "TENANT/UID")]
+        resume_after: Option<String>,
+        #[command(flatten)]
+        connect: AdminConnect,
+    },
 }
 
 pub fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
@@ -191,6 +218,7 @@ fn rpc(endpoint: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
 async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
         AdminCommand::Token(t) => return crate::cmd::audit::token(t).await,
+        AdminCommand::Keys(k) => return keys(k).await,
         AdminCommand::Audit(a) => {
             crate::cmd::audit::check_filters(&a.filters)?;
             return crate::cmd::audit::audit(a).await;
@@ -711,4 +739,150 @@ fn instance_state_name(value: i32) -> &'static str {
         Ok(State::AtRisk) => "at-risk",
         _ => "unknown",
     }
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Status(c) => {
+            let (mut client, ep) = admin_client(&c).await?;
+            let s = client
+                .key_status(kura_proto::v1::KeyStatusRequest {})
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            if c.json {
+                crate::cmd::client::print_json(&serde_json::json!({
+                    "current": s.current,
+                    "versions": s.versions.iter().map(|v| serde_json::json!({
+                        "version": v.version,
+                        "instances": v.instances,
+                        "registered": v.registered,
+                        "held_by_gateway": v.held_here,
+                    })).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                println!("new instances are sealed under key version {}", s.current);
+                for v in &s.versions {
+                    let mut notes = Vec::new();
+                    if v.version == s.current {
+                        notes.push("current");
+                    }
+                    if !v.held_here {
+                        notes.push("NOT in this gateway's key file");
+                    }
+                    if v.instances == 0 && v.version != s.current {
+                        notes.push("unused: may be retired");
+                    }
+                    println!(
+                        "  version {:>3}: {:>10} instances{}",
+                        v.version,
+                        v.instances,
+                        if notes.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  ({})", notes.join(", "))
+                        }
+                    );
+                }
+            }
+        }
+        KeysCommand::Rotate {
+            page,
+            resume_after,
+            connect,
+        } => {
+            let mut after = match resume_after.as_deref() {
+                None => None,
+                Some(text) => match text.split_once('/') {
+                    Some((t, u)) if !t.is_empty() && !u.is_empty() => {
+                        Some((t.to_string(), u.to_string()))
+                    }
+                    _ => anyhow::bail!(
+                        "--resume-after takes TENANT/UID (as a stopped rotation prints it), not {text:?}"
+                    ),
+                },
+            };
+            let (mut client, ep) = admin_client(&connect).await?;
+            let status = client
+                .key_status(kura_proto::v1::KeyStatusRequest {})
+                .await
+                .map_err(rpc(&ep))?
+                .into_inner();
+            let todo: u64 = status
+                .versions
+                .iter()
+                .filter(|v| v.version != status.current)
+                .map(|v| v.instances)
+                .sum();
+            let bar = if connect.json || !io::stderr().is_terminal() {
+                ProgressBar::with_draw_target(Some(todo), ProgressDrawTarget::hidden())
+            } else {
+                let b = ProgressBar::new(todo);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "re-wrapping under key version {msg} [{bar:30}] {pos}/{len} instances, eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b
+            };
+            bar.set_message(status.current.to_string());
+            let (mut rewrapped, mut gone, mut failed) = (0u64, 0u64, 0u64);
+            let mut first_error = String::new();
+            let mut to_version;
+            loop {
+                let (after_tenant, after_uid) = after.clone().unwrap_or_default();
+                let r = client
+                    .rotate_keys(kura_proto::v1::RotateKeysRequest {
+                        after_tenant,
+                        after_sop_instance_uid: after_uid,
+                        limit: page,
+                    })
+                    .await;
+                let r = match r {
+                    Ok(r) => r.into_inner(),
+                    Err(status) => {
+                        bar.abandon();
+                        if let Some((t, u)) = &after {
+                            eprintln!("kura: rotation stopped; resume with --resume-after {t}/{u}");
+                        }
+                        return Err(rpc(&ep)(status));
+                    }
+                };
+                to_version = r.to_version;
+                rewrapped += r.rewrapped;
+                gone += r.gone;
+                failed += r.failed;
+                if first_error.is_empty() {
+                    first_error = r.first_error;
+                }
+                bar.inc(r.rewrapped + r.gone + r.failed);
+                if r.done {
+                    break;
+                }
+                after = Some((r.next_tenant, r.next_sop_instance_uid));
+            }
+            bar.finish_and_clear();
+            if connect.json {
+                crate::cmd::client::print_json(&serde_json::json!({
+                    "to_version": to_version,
+                    "rewrapped": rewrapped,
+                    "gone": gone,
+                    "failed": failed,
+                    "first_error": first_error,
+                }))?;
+            } else {
+                println!(
+                    "re-wrapped {rewrapped} instances under key version {to_version} ({gone} deleted meanwhile, {failed} failed)"
+                );
+                if failed > 0 {
+                    println!("first failure: {first_error}");
+                }
+            }
+            if failed > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

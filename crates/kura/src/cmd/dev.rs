@@ -60,6 +60,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 "tls": !args.insecure,
                 "certs": (!args.insecure).then(|| kura_dev::certs::tls_dir(&args.data).display().to_string()),
                 "layout": cluster.layout(),
+                "keys_file": cluster.config().keys_file().display().to_string(),
             });
             println!("{line}");
         } else {
@@ -96,6 +97,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                     certs.display()
                 );
             }
+            println!(
+                "  instances encrypted at rest under the cluster key in {}",
+                cluster.config().keys_file().display()
+            );
             println!("Ctrl-C stops the cluster.");
         }
         // Until Ctrl-C, carry out drills (`kura drill site-down`): they stop

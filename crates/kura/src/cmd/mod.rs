@@ -9,5 +9,6 @@ pub mod client;
 pub mod dev;
 pub mod dicom;
 pub mod drill;
+pub mod keys;
 pub mod meta;
 pub mod server;

@@ -75,6 +75,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         node.data.display()
     );
     let transport = checked.transport(args.node).map_err(anyhow::Error::msg)?;
+    // A gateway without its cluster keys fails here, before anything starts.
+    let keys = match &node.gateway {
+        Some(_) => Some(std::sync::Arc::new(
+            checked.keyring().map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
     match transport.material() {
         Some(m) => println!(
             "  TLS on every link as {} (first certificate expires in {:.0} days)",
@@ -90,10 +97,15 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     }
     crate::cmd::meta::init_logs_with("info,openraft=warn");
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    rt.block_on(serve(checked, args.node, transport))
+    rt.block_on(serve(checked, args.node, transport, keys))
 }
 
-async fn serve(checked: Checked, id: u64, transport: Transport) -> anyhow::Result<ExitCode> {
+async fn serve(
+    checked: Checked,
+    id: u64,
+    transport: Transport,
+    mut keys: Option<std::sync::Arc<kura_seal::Keyring>>,
+) -> anyhow::Result<ExitCode> {
     if !transport.is_tls() {
         tracing::warn!("insecure_plaintext: no TLS and no authentication on any link");
     }
@@ -191,7 +203,10 @@ async fn serve(checked: Checked, id: u64, transport: Transport) -> anyhow::Resul
         let listener = tokio::net::TcpListener::bind(config::listen_addr(addr.get_ref()))
             .await
             .with_context(|| format!("listen for the Archive API on {}", addr.get_ref()))?;
-        let mut gc = GatewayConfig::new(meta_endpoints.clone(), transport.clone());
+        let Some(keys) = keys.take() else {
+            anyhow::bail!("the gateway's cluster keys were not loaded");
+        };
+        let mut gc = GatewayConfig::new(meta_endpoints.clone(), transport.clone(), keys);
         gc.site = Some(node.site.get_ref().clone());
         gc.local_shards = local_shards.clone();
         gc.store_deadline = gc.store_deadline.min(grace / 2);

@@ -73,11 +73,12 @@ fn write_config(dir: &Path) -> (PathBuf, String, String) {
             text.push_str(&format!("gateway = \"{gateway}\"\nops = \"{ops}\"\n"));
         }
     }
-    text.push_str("\n[tls]\ndir = \"certs\"\n");
+    text.push_str("\n[tls]\ndir = \"certs\"\n\n[encryption]\nkeys_file = \"certs/cluster.keys\"\n");
     let path = dir.join("kura.toml");
     std::fs::write(&path, text).expect("write config");
     let certs = CertDir::init(Path::new(env!("CARGO_BIN_EXE_kura")), &dir.join("certs"))
         .expect("kura certs init");
+    certs.keys().expect("kura keys generate");
     for id in 1..=6 {
         certs.node(&path, id).expect("kura certs node");
     }

@@ -47,6 +47,7 @@ fn server(config: &Path, node: &str, check: bool) -> (Option<i32>, String) {
 fn make_certs(config: &Path) -> CertDir {
     let dir = config.parent().expect("config dir").join("certs");
     let certs = CertDir::init(kura_bin(), &dir).expect("kura certs init");
+    certs.keys().expect("kura keys generate");
     for id in 1..=3 {
         certs.node(config, id).expect("kura certs node");
     }
@@ -86,7 +87,7 @@ fn write_config(dir: &Path) -> (PathBuf, String) {
             text.push_str(&format!("gateway = \"{gateway}\"\n"));
         }
     }
-    text.push_str("\n[tls]\ndir = \"certs\"\n");
+    text.push_str("\n[tls]\ndir = \"certs\"\n\n[encryption]\nkeys_file = \"certs/cluster.keys\"\n");
     let path = dir.join("kura.toml");
     std::fs::write(&path, text).expect("write config");
     (path, gateway)
@@ -205,6 +206,51 @@ fn a_server_without_certificates_refuses_to_start_and_says_how_to_make_them() {
     let (code, err) = server(&config, "1", true);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("WARNING"), "{err}");
+}
+
+#[test]
+fn a_gateway_without_its_cluster_keys_refuses_to_start() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (config, _) = write_config(tmp.path());
+    let certs = make_certs(&config);
+    let keys = certs.dir.join("cluster.keys");
+    // A key file every user may read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, err) = server(&config, "1", true);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("may be read by any user") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (code, err) = server(&config, "1", true);
+    assert_eq!(code, Some(0), "{err}");
+    // No key file, and no [encryption] section: both say how to make one.
+    std::fs::remove_file(&keys).expect("rm");
+    let (code, err) = server(&config, "1", true);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot read the cluster key file"), "{err}");
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        text.replace("\n[encryption]\nkeys_file = \"certs/cluster.keys\"\n", ""),
+    )
+    .expect("write");
+    let (code, err) = server(&config, "1", true);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("kura keys generate --file"), "{err}");
+    assert!(err.contains("KURA_CLUSTER_KEYS_FILE"), "{err}");
+    // A node without a gateway needs no key (storage nodes never see one).
+    let (code, err) = server(&config, "2", true);
+    assert_eq!(code, Some(0), "{err}");
+    // A key file that is not one names its line.
+    std::fs::write(&keys, "1 abc\n").expect("write");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::write(&config, &text).expect("write");
+    let (code, err) = server(&config, "1", true);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cluster.keys, line 1"), "{err}");
 }
 
 #[test]
