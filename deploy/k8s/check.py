@@ -281,6 +281,26 @@ def main():
             if "secret" not in vol:
                 problem(f"{kn(w.obj)}: no Secret mounted at [tls] dir {tls_dir}")
 
+    # The cluster key file: mounted from a Secret into every gateway at
+    # [encryption] keys_file, and into nothing else (storage nodes and
+    # voters must never hold it: that is what makes their disks safe).
+    keys_file = (cfg.get("encryption") or {}).get("keys_file")
+    if not keys_file:
+        problem(f"{where}: no [encryption] keys_file: gateways seal every instance and refuse to start without it")
+    else:
+        keys_dir = os.path.dirname(keys_file)
+        for w in workloads:
+            mounts = {vm["mountPath"]: vm["name"] for vm in (w.container or {}).get("volumeMounts", [])}
+            vols = {v["name"]: v for v in w.pod.get("volumes", [])}
+            vol = vols.get(mounts.get(keys_dir, ""), {})
+            if w.component == "gateway" and "secret" not in vol:
+                problem(f"{kn(w.obj)}: no Secret mounted at {keys_dir}, the dir of [encryption] keys_file")
+            if w.component != "gateway" and keys_dir in mounts:
+                problem(f"{kn(w.obj)}: a {w.component} workload mounts the cluster keys at {keys_dir}: only gateways may hold them")
+            mode = (vol.get("secret") or {}).get("defaultMode")
+            if w.component == "gateway" and mode is not None and mode & 0o004:
+                problem(f"{kn(w.obj)}: the cluster keys are readable by every user (defaultMode {mode:o}); kura refuses that")
+
     if args.kura and not PROBLEMS:
         # The operator's recipe, run for real: a CA, a certificate for
         # every node from this kura.toml (its DNS names), then each node's
@@ -288,9 +308,15 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             certs = os.path.join(tmp, "certs")
             toml_path = os.path.join(tmp, "kura.toml")
+            keys = os.path.join(tmp, "cluster.keys")
             with open(toml_path, "w") as f:
-                f.write(toml_text.replace(f'dir = "{tls_dir}"', f'dir = "{certs}"'))
+                f.write(
+                    toml_text.replace(f'dir = "{tls_dir}"', f'dir = "{certs}"').replace(
+                        f'keys_file = "{keys_file}"', f'keys_file = "{keys}"'
+                    )
+                )
             steps = [[args.kura, "certs", "init", "--out", certs]]
+            steps += [[args.kura, "keys", "generate", "--file", keys]]
             steps += [
                 [args.kura, "certs", "node", "--config", toml_path, "--node", str(nid)]
                 for nid in sorted(node_by_id)

@@ -119,6 +119,7 @@ self_tests=(
   "a NetworkPolicy on the wrong port|base/networkpolicy.yaml|s/port: 7800/port: 7801/|port store (7800) is open to nobody"
   "the certificates not mounted|zone/gateway.yaml|s#mountPath: /etc/kura-tls#mountPath: /etc/kura-certs#|no Secret mounted at [tls] dir /etc/kura-tls"
   "TLS switched off|overlays/three-zones/kura.toml|s#^dir = \"/etc/kura-tls\"#insecure_plaintext = true#|insecure_plaintext: a deployment runs TLS"
+  "the cluster keys not mounted|zone/gateway.yaml|s#mountPath: /etc/kura-keys#mountPath: /etc/kura-secrets#|no Secret mounted at /etc/kura-keys"
 )
 i=0
 for t in "${self_tests[@]}"; do
