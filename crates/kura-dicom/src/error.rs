@@ -126,6 +126,16 @@ pub enum DicomError {
         /// The reader's error message.
         message: String,
     },
+
+    /// The instance goes beyond a configured parser limit (see
+    /// [`crate::ParseLimits`]).
+    #[error("the instance exceeds the limit {limit} ({max} {unit})")]
+    LimitExceeded {
+        /// The limit's configuration name, e.g. `dicom_elements`.
+        limit: &'static str,
+        max: u64,
+        unit: &'static str,
+    },
 }
 
 impl DicomError {
@@ -143,6 +153,7 @@ impl DicomError {
             DicomError::Malformed { .. } => "malformed",
             DicomError::UnknownCharset { .. } => "unknown_charset",
             DicomError::Io { .. } => "io",
+            DicomError::LimitExceeded { .. } => "limit_exceeded",
         }
     }
 }

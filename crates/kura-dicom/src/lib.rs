@@ -34,8 +34,8 @@ pub use error::DicomError;
 pub use identity::{Identity, read_identity};
 pub use part10::{PREAMBLE_BYTES, transfer_syntax_name};
 pub use uid::{UID_CHARS_MAX, UidProblem, validate_uid};
-pub use validate::{Summary, validate};
-pub use walk::{CAPTURE_BYTES_MAX, NESTING_DEPTH_MAX};
+pub use validate::{Summary, validate, validate_with};
+pub use walk::{CAPTURE_BYTES_MAX, ELEMENTS_MAX, NESTING_DEPTH_MAX, ParseLimits};
 
 // A captured identifying value must hold the longest UID and its padding.
 const _: () = assert!(CAPTURE_BYTES_MAX as usize > UID_CHARS_MAX);

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::DicomError;
 use crate::inflate::Inflater;
 use crate::part10::{DataSetEncoding, read_file_meta};
-use crate::walk::{Flow, Header, Source, Syntax, Visitor, Walker, Want};
+use crate::walk::{Flow, Header, ParseLimits, Source, Syntax, Visitor, Walker, Want};
 
 /// What [`validate`] walked through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,6 +49,11 @@ pub struct Summary {
 /// told from a complete one here; the gateway compares the byte count with
 /// the size the client declared.
 pub fn validate<R: Read>(reader: R) -> Result<Summary, DicomError> {
+    validate_with(reader, ParseLimits::default())
+}
+
+/// [`validate`] under `limits` (nesting depth, element count).
+pub fn validate_with<R: Read>(reader: R, limits: ParseLimits) -> Result<Summary, DicomError> {
     let mut counting = Counting {
         inner: reader,
         bytes: 0,
@@ -60,13 +65,13 @@ pub fn validate<R: Read>(reader: R) -> Result<Summary, DicomError> {
         match meta.encoding {
             DataSetEncoding::Plain(syntax) => {
                 let src = Source::new(&mut rest, meta.data_set_offset, false);
-                let mut walker = Walker::new(src, &mut visitor);
+                let mut walker = Walker::with_limits(src, &mut visitor, limits);
                 walker.data_set(syntax)?;
                 (walker.stats, walker.pos() - meta.data_set_offset)
             }
             DataSetEncoding::Deflated => {
                 let src = Source::new(Inflater::new(&mut rest), 0, true);
-                let mut walker = Walker::new(src, &mut visitor);
+                let mut walker = Walker::with_limits(src, &mut visitor, limits);
                 walker.data_set(Syntax::EXPLICIT_LE)?;
                 let (stats, inflated) = (walker.stats, walker.pos());
                 let inflater = walker.into_source().into_inner();

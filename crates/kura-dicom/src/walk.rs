@@ -31,9 +31,32 @@ pub const CAPTURE_BYTES_MAX: u32 = 16 * 1024;
 /// Size of the buffer that skipped values stream through.
 const SKIP_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Deepest sequence nesting accepted. Real instances stay under ten; the
-/// limit keeps a hostile file from exhausting the stack.
+/// Deepest sequence nesting accepted by default. Real instances stay
+/// under ten; the limit keeps a hostile file from exhausting the stack.
 pub const NESTING_DEPTH_MAX: u32 = 64;
+/// Data elements accepted by default (items and fragments not counted).
+/// Enhanced multi-frame objects with per-frame functional groups reach
+/// hundreds of thousands; the limit bounds the work a hostile file causes.
+pub const ELEMENTS_MAX: u64 = 2_000_000;
+
+/// What the parser accepts of one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseLimits {
+    /// Deepest sequence nesting (levels; at most [`NESTING_DEPTH_MAX`]:
+    /// the walker recurses).
+    pub nesting_depth: u32,
+    /// Most data elements, at every depth.
+    pub elements: u64,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits {
+            nesting_depth: NESTING_DEPTH_MAX,
+            elements: ELEMENTS_MAX,
+        }
+    }
+}
 
 /// Value length that means "undefined, ends with a delimitation item".
 pub(crate) const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
@@ -404,14 +427,23 @@ pub(crate) struct Walker<'v, R, V> {
     src: Source<R>,
     visitor: &'v mut V,
     pub stats: Stats,
+    limits: ParseLimits,
 }
 
 impl<'v, R: Read, V: Visitor> Walker<'v, R, V> {
     pub fn new(src: Source<R>, visitor: &'v mut V) -> Self {
+        Self::with_limits(src, visitor, ParseLimits::default())
+    }
+
+    pub fn with_limits(src: Source<R>, visitor: &'v mut V, limits: ParseLimits) -> Self {
         Walker {
             src,
             visitor,
             stats: Stats::default(),
+            limits: ParseLimits {
+                nesting_depth: limits.nesting_depth.min(NESTING_DEPTH_MAX),
+                ..limits
+            },
         }
     }
 
@@ -491,6 +523,13 @@ impl<'v, R: Read, V: Visitor> Walker<'v, R, V> {
                 _ => {}
             }
             self.stats.elements += 1;
+            if self.stats.elements > self.limits.elements {
+                return Err(DicomError::LimitExceeded {
+                    limit: "dicom_elements",
+                    max: self.limits.elements,
+                    unit: "elements",
+                });
+            }
             let want = self.visitor.header(depth, &header);
             if want == Want::Stop {
                 return Ok(Flow::Stop);
@@ -616,11 +655,12 @@ impl<'v, R: Read, V: Visitor> Walker<'v, R, V> {
         sequence: &Header,
         bound: Bound,
     ) -> Result<Flow, DicomError> {
-        if depth > NESTING_DEPTH_MAX {
-            return Err(self.src.malformed(
-                sequence.value_offset,
-                format!("sequences nest deeper than {NESTING_DEPTH_MAX} levels"),
-            ));
+        if depth > self.limits.nesting_depth {
+            return Err(DicomError::LimitExceeded {
+                limit: "dicom_nesting_depth",
+                max: u64::from(self.limits.nesting_depth),
+                unit: "levels of nested sequences",
+            });
         }
         self.stats.depth_max = self.stats.depth_max.max(depth);
         loop {

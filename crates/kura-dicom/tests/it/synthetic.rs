@@ -227,13 +227,13 @@ fn nesting_is_bounded() {
     let err = validate(data.as_slice()).err();
     assert_eq!(
         err.as_ref().map(DicomError::code),
-        Some("malformed"),
+        Some("limit_exceeded"),
         "{err:?}"
     );
     assert!(
         err.map(|e| e.to_string())
             .unwrap_or_default()
-            .contains("nest")
+            .contains("dicom_nesting_depth (64 levels of nested sequences)")
     );
 
     // Just under the limit is fine.
@@ -527,4 +527,47 @@ fn reader_errors_are_io_errors() {
     }
     let err = validate(Failing(64)).err();
     assert_eq!(err.as_ref().map(DicomError::code), Some("io"), "{err:?}");
+}
+
+#[test]
+fn configured_limits_name_themselves() {
+    // Three levels of nesting and a handful of elements.
+    let mut nested = Vec::new();
+    for _ in 0..3 {
+        nested.extend(header((0x0040, 0x0275), b"SQ", UNDEFINED));
+        nested.extend(item(UNDEFINED));
+    }
+    for _ in 0..3 {
+        nested.extend(item_delimitation());
+        nested.extend(sequence_delimitation());
+    }
+    let data = instance(&nested);
+    let summary = validate(data.as_slice()).expect("valid");
+    let tight = kura_dicom::ParseLimits {
+        nesting_depth: 2,
+        ..Default::default()
+    };
+    let err = kura_dicom::validate_with(data.as_slice(), tight).expect_err("too deep");
+    assert_eq!(err.code(), "limit_exceeded");
+    assert!(
+        err.to_string().contains("dicom_nesting_depth (2 levels"),
+        "{err}"
+    );
+    let few = kura_dicom::ParseLimits {
+        elements: summary.element_count - 1,
+        ..Default::default()
+    };
+    let err = kura_dicom::validate_with(data.as_slice(), few).expect_err("too many");
+    assert!(
+        err.to_string().contains(&format!(
+            "dicom_elements ({} elements)",
+            summary.element_count - 1
+        )),
+        "{err}"
+    );
+    let exact = kura_dicom::ParseLimits {
+        elements: summary.element_count,
+        nesting_depth: 3,
+    };
+    kura_dicom::validate_with(data.as_slice(), exact).expect("exactly at the limits");
 }
