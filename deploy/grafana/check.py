@@ -52,6 +52,14 @@ METRICS = {
     "kura_gateway_shard_write_failures_total": (C, {}),
     "kura_gateway_shards_written_total": (C, {}),
     "kura_gateway_object_hash_mismatches_total": (C, {}),
+    # Gateways: limits and encryption at rest.
+    "kura_gateway_streams_in_flight": (G, {}),
+    "kura_gateway_admission_refused_total": (
+        C,
+        {"limit": {"streams_per_identity", "streams_per_gateway"}},
+    ),
+    "kura_gateway_unseal_failures_total": (C, {}),
+    "kura_gateway_keys_rewrapped_total": (C, {}),
     # Gateways: the Admin API.
     "kura_admin_requests_total": (C, {"rpc": None, "code": None}),
     "kura_admin_request_duration_seconds": (H, RPC),

@@ -80,6 +80,8 @@ pub struct DevConfig {
     /// TLS with certificates from `DATA/tls` on every link (the default);
     /// off: plaintext, for quick experiments only.
     pub tls: bool,
+    /// The gateway's limits on every input.
+    pub limits: kura_gateway::Limits,
 }
 
 impl DevConfig {
@@ -100,6 +102,7 @@ impl DevConfig {
             repair: Some(RepairConfig::default()),
             meta_timeouts: ServiceTimeouts::default(),
             tls: true,
+            limits: kura_gateway::Limits::default(),
         }
     }
 
@@ -409,6 +412,7 @@ impl DevCluster {
         // Orphan reclaim must never race a live store.
         gc.store_deadline = gc.store_deadline.min(config.orphan_grace / 2);
         gc.repair = config.repair.clone();
+        gc.limits = config.limits;
         gc.local_shards = local_shards.clone();
         let (drill_tx, drills) = tokio::sync::mpsc::channel(4);
         gc.drill = Some(std::sync::Arc::new(DevDrill { tx: drill_tx }));

@@ -741,6 +741,17 @@ impl Admin for AdminService {
         let r = async {
             kura_proto::meta::validate_tenant(&req.tenant)
                 .map_err(|e| GatewayError::invalid("tenant", "BAD_TENANT", e))?;
+            let page_max = self.inner.config.limits.page_entries;
+            if req.limit > page_max {
+                return Err(GatewayError::invalid(
+                    "limit",
+                    "PAGE_TOO_LARGE",
+                    format!(
+                        "a page of {} instances is more than limit page_entries ({page_max} entries)",
+                        req.limit
+                    ),
+                ));
+            }
             let answer = self
                 .query(Query::ListManifests {
                     tenant: req.tenant.clone(),

@@ -216,6 +216,13 @@ impl Gate {
         }
     }
 
+    /// Queues a call's record without waiting for its commit (refusals
+    /// under load, which must answer at once).
+    pub fn record_later(&self, caller: &Caller, action: &str, touched: Touched, code: tonic::Code) {
+        self.audit
+            .record_later(audit_record(&self.keys, caller, action, touched, code));
+    }
+
     /// As [`Gate::record`], waiting at most `wait` for the commit (reads,
     /// which must not wait for an election): an entry not committed by
     /// then stays queued and is committed once a leader is back.

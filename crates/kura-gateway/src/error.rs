@@ -67,6 +67,14 @@ pub enum GatewayError {
     /// A valid identity without the role (or tenant) the call needs.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A configured limit is reached for now (streams in flight): retry
+    /// after `retry_after`. `limit` is its configuration name.
+    #[error("{message}")]
+    ResourceExhausted {
+        limit: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
 }
 
 impl GatewayError {
@@ -95,6 +103,7 @@ impl GatewayError {
             GatewayError::Unimplemented(_) => Code::Unimplemented,
             GatewayError::Unauthenticated(_) => Code::Unauthenticated,
             GatewayError::PermissionDenied(_) => Code::PermissionDenied,
+            GatewayError::ResourceExhausted { .. } => Code::ResourceExhausted,
         }
     }
 
@@ -114,6 +123,7 @@ impl GatewayError {
             GatewayError::Unimplemented(_) => "UNIMPLEMENTED".into(),
             GatewayError::Unauthenticated(_) => "UNAUTHENTICATED".into(),
             GatewayError::PermissionDenied(_) => "PERMISSION_DENIED".into(),
+            GatewayError::ResourceExhausted { .. } => "LIMIT_REACHED".into(),
         }
     }
 
@@ -157,6 +167,12 @@ impl GatewayError {
             }
             GatewayError::Unavailable(_) => {
                 details.set_retry_info(Some(Duration::from_secs(1)));
+            }
+            GatewayError::ResourceExhausted {
+                limit, retry_after, ..
+            } => {
+                meta.insert("limit".into(), (*limit).to_string());
+                details.set_retry_info(Some(*retry_after));
             }
             GatewayError::DataLoss(_)
             | GatewayError::DeadlineExceeded(_)

@@ -46,8 +46,6 @@ use crate::error::{GatewayError, rfc3339_ms};
 use crate::info::instance_info;
 use crate::server::Inner;
 
-/// The identifying attributes must lie within this many first bytes.
-pub const IDENTITY_PREFIX_MAX: usize = 8 * 1024 * 1024;
 /// Segments whose shards are being written at once, per request.
 const WRITES_IN_FLIGHT: usize = 2;
 /// Chunks queued for the validator.
@@ -56,6 +54,7 @@ const VALIDATOR_QUEUE: usize = 8;
 struct Request {
     input: tonic::Streaming<StoreRequest>,
     bytes_in: u64,
+    limits: crate::limits::Limits,
 }
 
 impl Request {
@@ -82,7 +81,21 @@ impl Request {
                     if c.is_empty() {
                         continue;
                     }
+                    if c.len() > self.limits.chunk_bytes {
+                        return Err(GatewayError::invalid(
+                            "chunk",
+                            "CHUNK_TOO_LARGE",
+                            format!(
+                                "a chunk of {} bytes is larger than limit chunk_bytes ({} bytes); send smaller chunks; nothing was stored",
+                                c.len(),
+                                self.limits.chunk_bytes
+                            ),
+                        ));
+                    }
                     self.bytes_in += c.len() as u64;
+                    if self.bytes_in > self.limits.instance_bytes {
+                        return Err(too_large(self.bytes_in, &self.limits));
+                    }
                     metrics::counter!("kura_gateway_received_bytes_total")
                         .increment(c.len() as u64);
                     return Ok(Some(c));
@@ -113,7 +126,30 @@ struct Header {
     size: Option<u64>,
 }
 
-fn check_header(h: StoreHeader) -> Result<Header, GatewayError> {
+fn too_large(bytes: u64, limits: &crate::limits::Limits) -> GatewayError {
+    GatewayError::invalid(
+        "chunk",
+        "INSTANCE_TOO_LARGE",
+        format!(
+            "the instance is {bytes} bytes or more, larger than limit instance_bytes ({} bytes); nothing was stored",
+            limits.instance_bytes
+        ),
+    )
+}
+
+fn check_header(h: StoreHeader, limits: &crate::limits::Limits) -> Result<Header, GatewayError> {
+    if let Some(size) = h.size
+        && size > limits.instance_bytes
+    {
+        return Err(GatewayError::invalid(
+            "header.size",
+            "INSTANCE_TOO_LARGE",
+            format!(
+                "the header declares {size} bytes, more than limit instance_bytes ({} bytes); nothing was stored",
+                limits.instance_bytes
+            ),
+        ));
+    }
     kura_proto::meta::validate_tenant(&h.tenant)
         .map_err(|e| GatewayError::invalid("header.tenant", "BAD_TENANT", e))?;
     let expected_blake3 = match h.expected_blake3.as_deref() {
@@ -151,7 +187,11 @@ pub(crate) async fn store(
     caller: crate::auth::Caller,
     input: tonic::Streaming<StoreRequest>,
 ) -> Result<StoreResponse, GatewayError> {
-    let mut req = Request { input, bytes_in: 0 };
+    let mut req = Request {
+        input,
+        bytes_in: 0,
+        limits: gw.config.limits,
+    };
     let first = req.input.message().await.map_err(|s| {
         GatewayError::invalid(
             "header",
@@ -165,7 +205,7 @@ pub(crate) async fn store(
     let header = match first.and_then(|m| m.msg) {
         Some(store_request::Msg::Header(mut h)) => {
             h.tenant = caller.tenant("header.tenant", &h.tenant)?;
-            check_header(h)?
+            check_header(h, &gw.config.limits)?
         }
         Some(store_request::Msg::Chunk(_)) => {
             return Err(GatewayError::invalid(
@@ -223,6 +263,7 @@ async fn receive(
     let mut held: Vec<Bytes> = Vec::new();
     let mut prefix = BytesMut::new();
     let mut ended = false;
+    let header_max = gw.config.limits.header_bytes;
     let identity: Identity = loop {
         match req.chunk().await? {
             Some(c) => {
@@ -231,16 +272,18 @@ async fn receive(
             }
             None => ended = true,
         }
-        match kura_dicom::read_identity(&prefix, ended) {
+        // Only the first `header_max` bytes may hold the identity.
+        let window = &prefix[..prefix.len().min(header_max)];
+        let complete = ended && prefix.len() <= header_max;
+        match kura_dicom::read_identity(window, complete) {
             Ok(id) => break id,
-            Err(DicomError::NeedMoreData { .. })
-                if !ended && prefix.len() < IDENTITY_PREFIX_MAX => {}
-            Err(DicomError::NeedMoreData { .. }) if !ended => {
+            Err(DicomError::NeedMoreData { .. }) if !ended && prefix.len() < header_max => {}
+            Err(DicomError::NeedMoreData { .. }) if prefix.len() >= header_max => {
                 return Err(GatewayError::invalid(
                     "chunk",
                     "DICOM_HEADER_TOO_LARGE",
                     format!(
-                        "the identifying attributes are not within the first {IDENTITY_PREFIX_MAX} bytes; nothing was stored"
+                        "the identifying attributes are not within the first {header_max} bytes (limit header_bytes); nothing was stored"
                     ),
                 ));
             }
@@ -275,7 +318,7 @@ async fn receive(
         // Hash what arrives; validate it too, so that a broken instance is
         // refused as such even when its UID is taken.
         let mut hasher = blake3::Hasher::new();
-        let mut validator = Validator::start();
+        let mut validator = Validator::start(gw.config.limits.parse());
         let mut invalid = None;
         let mut feed = async |c: Bytes, hasher: &mut blake3::Hasher| {
             hasher.update(&c);
@@ -643,13 +686,16 @@ struct Validator {
 }
 
 impl Validator {
-    fn start() -> Self {
+    fn start(limits: kura_dicom::ParseLimits) -> Self {
         let (tx, rx) = mpsc::channel::<Bytes>(VALIDATOR_QUEUE);
         let task = tokio::task::spawn_blocking(move || {
-            kura_dicom::validate(ChannelReader {
-                rx,
-                current: Bytes::new(),
-            })
+            kura_dicom::validate_with(
+                ChannelReader {
+                    rx,
+                    current: Bytes::new(),
+                },
+                limits,
+            )
         });
         Self {
             tx: Some(tx),
@@ -728,7 +774,7 @@ impl Pipeline {
             placer: Arc::new(placer),
             object_key,
             coder: Some((Sealer::new(data_key, &object_key), encoder)),
-            validator: Validator::start(),
+            validator: Validator::start(gw.config.limits.parse()),
             writes: FuturesOrdered::new(),
             aborts: Vec::new(),
             done: Vec::new(),

@@ -21,6 +21,7 @@ mod delete;
 pub mod error;
 pub mod info;
 pub mod ingest;
+pub mod limits;
 mod manifests;
 pub mod ops;
 pub mod repair;
@@ -32,5 +33,6 @@ pub mod tokens;
 
 pub use admin::DrillHook;
 pub use error::GatewayError;
+pub use limits::Limits;
 pub use repair::{RepairConfig, RepairHandle, RepairStatus};
 pub use server::{Gateway, GatewayConfig};

@@ -75,6 +75,9 @@ pub struct GatewayConfig {
     pub keys: Arc<kura_seal::Keyring>,
     /// How long start waits for the metadata cluster to check the keys.
     pub key_check_wait: Duration,
+    /// What the gateway accepts: sizes, streams in flight, pages, the
+    /// DICOM parser's depth and element count.
+    pub limits: crate::limits::Limits,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -101,6 +104,7 @@ impl GatewayConfig {
         Self {
             keys,
             key_check_wait: Duration::from_secs(60),
+            limits: crate::limits::Limits::default(),
             transport,
             meta_endpoints,
             site: None,
@@ -131,6 +135,8 @@ pub(crate) struct Inner {
     pub(crate) repair: std::sync::OnceLock<RepairHandle>,
     /// Manifests committed or read here, for reads.
     pub(crate) manifests: crate::manifests::ManifestCache,
+    /// Streams in flight, per caller and in all.
+    pub(crate) admission: Arc<crate::limits::Admission>,
 }
 
 /// A running gateway.
@@ -158,6 +164,10 @@ impl Gateway {
         let _ = crate::ops::metrics_handle();
         let addr = listener.local_addr()?;
         let ops_addr = ops_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        config
+            .limits
+            .validate()
+            .map_err(|e| std::io::Error::other(format!("[limits]: {e}")))?;
         let meta = MetaClient::new(config.meta_endpoints.clone(), config.transport.clone());
         // A wrong key file must stop the gateway before it serves anything.
         crate::seal::verify_keys(&meta, &config.keys, config.key_check_wait)
@@ -201,6 +211,7 @@ impl Gateway {
                 cache_ttl,
             ),
             gate: gate.clone(),
+            admission: crate::limits::Admission::new(config.limits),
             cluster: ClusterView::new(
                 meta,
                 config.transport.clone(),
@@ -226,7 +237,7 @@ impl Gateway {
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_decoding_message_size(inner.config.limits.message_bytes())
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
         let admin = tonic::service::interceptor::InterceptedService::new(
             kura_proto::v1::admin_server::AdminServer::new(AdminService {

@@ -118,6 +118,24 @@ fn touched_instance(
 }
 
 impl ArchiveService {
+    /// Admits one stream of `caller` against the stream limits, or answers
+    /// RESOURCE_EXHAUSTED at once (audited without waiting for the commit).
+    fn admit(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        started: Instant,
+    ) -> Result<crate::limits::Admitted, Status> {
+        let r = self.inner.admission.admit(&caller.who(), rpc);
+        if let Err(e) = &r {
+            self.inner
+                .gate
+                .record_later(caller, rpc, Touched::default(), e.code());
+            observe(rpc, started, &r);
+        }
+        r.map_err(GatewayError::into_status)
+    }
+
     /// Authorises a reader's call on one instance, finds its manifest in
     /// the caller's tenant and records the call in the audit trail.
     async fn read_manifest<T>(
@@ -282,6 +300,10 @@ impl Archive for ArchiveService {
             .inner
             .gate
             .authorize(&request, "Store", &[ClientRole::Writer]);
+        let _admitted = match self.admit(&caller, "Store", started) {
+            Ok(a) => a,
+            Err(status) => return Err(status),
+        };
         let r = match verdict {
             Ok(()) => {
                 crate::ingest::store(
@@ -319,6 +341,13 @@ impl Archive for ArchiveService {
         request: Request<RetrieveRequest>,
     ) -> Result<Response<Self::RetrieveStream>, Status> {
         let started = Instant::now();
+        let admitted = {
+            let (caller, _) =
+                self.inner
+                    .gate
+                    .authorize(&request, "Retrieve", &[ClientRole::Reader]);
+            self.admit(&caller, "Retrieve", started)?
+        };
         let req = request.get_ref();
         let span = tracing::info_span!("Retrieve", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
         // The audit entry commits while the bytes are read and streamed;
@@ -344,9 +373,13 @@ impl Archive for ArchiveService {
             }
         };
         let (tx, rx) = mpsc::channel(4);
+        let inner = Arc::clone(&self.inner);
         tokio::spawn(
-            crate::retrieve::stream(Arc::clone(&self.inner), manifest, tx, audited)
-                .instrument(span),
+            async move {
+                crate::retrieve::stream(inner, manifest, tx, audited).await;
+                drop(admitted);
+            }
+            .instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -387,6 +420,7 @@ impl Archive for ArchiveService {
             self.inner
                 .gate
                 .authorize(&request, "ListStudy", &[ClientRole::Reader]);
+        let admitted = self.admit(&caller, "ListStudy", started)?;
         let mut req = request.into_inner();
         let first = async {
             req.tenant = resolve(&caller, verdict, &req.tenant)?;
@@ -438,6 +472,7 @@ impl Archive for ArchiveService {
         let (tx, rx) = mpsc::channel(64);
         let svc = self.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             let keys = &svc.inner.config.keys;
             for m in page {
                 let info = info_of(keys, &m).map_err(GatewayError::into_status);

@@ -485,6 +485,12 @@ impl DataKey {
         Ok(DataKey(random::<KEY_LEN>()?))
     }
 
+    /// A data key of known bytes (tests and fuzzing; real keys come from
+    /// [`DataKey::generate`] or an unwrap).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> DataKey {
+        DataKey(Zeroizing::new(bytes))
+    }
+
     fn aead(&self) -> LessSafeKey {
         // A 32-byte key is always a valid AES-256 key.
         match UnboundKey::new(&AES_256_GCM, &self.0[..]) {

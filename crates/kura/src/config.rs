@@ -67,6 +67,21 @@
 //! keys_file = "/etc/kura/cluster.keys"   # or KURA_CLUSTER_KEYS_FILE
 //! ```
 //!
+//! Limits on every input a gateway takes, each with its unit (the
+//! defaults shown); a refusal names the limit it hit:
+//!
+//! ```toml
+//! [limits]
+//! header_bytes = 8388608          # the identifying attributes lie within this prefix
+//! chunk_bytes = 4194304           # one Store message's data
+//! instance_bytes = 8589934592     # one instance
+//! streams_per_identity = 64       # Store/Retrieve/ListStudy streams of one caller at once
+//! streams_per_gateway = 1024      # ... of all callers at once (RESOURCE_EXHAUSTED beyond)
+//! page_entries = 1000             # entries one Admin listing page may ask for
+//! dicom_nesting_depth = 64        # levels of nested sequences (at most 64)
+//! dicom_elements = 2000000        # data elements in one instance
+//! ```
+//!
 //! Relative paths are relative to the directory of kura.toml.
 
 use std::collections::BTreeSet;
@@ -92,6 +107,8 @@ pub struct Config {
     pub tls: TlsSection,
     #[serde(default)]
     pub encryption: EncryptionSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
     #[serde(default, rename = "site")]
     pub sites: Vec<SiteSection>,
     #[serde(default, rename = "node")]
@@ -275,6 +292,40 @@ pub struct EncryptionSection {
     /// The cluster key file (`kura keys generate`); the environment
     /// variable [`KEYS_FILE_ENV`] overrides it.
     pub keys_file: Option<PathBuf>,
+}
+
+/// `[limits]`: every field optional, defaults from
+/// `kura_gateway::Limits::default()`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub header_bytes: Option<usize>,
+    pub chunk_bytes: Option<usize>,
+    pub instance_bytes: Option<u64>,
+    pub streams_per_identity: Option<usize>,
+    pub streams_per_gateway: Option<usize>,
+    pub page_entries: Option<u32>,
+    pub dicom_nesting_depth: Option<u32>,
+    pub dicom_elements: Option<u64>,
+}
+
+impl LimitsSection {
+    /// The gateway's limits, checked.
+    pub fn limits(&self) -> Result<kura_gateway::Limits, String> {
+        let d = kura_gateway::Limits::default();
+        let l = kura_gateway::Limits {
+            header_bytes: self.header_bytes.unwrap_or(d.header_bytes),
+            chunk_bytes: self.chunk_bytes.unwrap_or(d.chunk_bytes),
+            instance_bytes: self.instance_bytes.unwrap_or(d.instance_bytes),
+            streams_per_identity: self.streams_per_identity.unwrap_or(d.streams_per_identity),
+            streams_per_gateway: self.streams_per_gateway.unwrap_or(d.streams_per_gateway),
+            page_entries: self.page_entries.unwrap_or(d.page_entries),
+            dicom_nesting_depth: self.dicom_nesting_depth.unwrap_or(d.dicom_nesting_depth),
+            dicom_elements: self.dicom_elements.unwrap_or(d.dicom_elements),
+        };
+        l.validate().map_err(|e| format!("[limits]: {e}"))?;
+        Ok(l)
+    }
 }
 
 /// The environment variable naming the cluster key file.

@@ -7,6 +7,7 @@ mod degraded;
 mod delete;
 mod encryption;
 mod harness;
+mod limits;
 mod liveness;
 mod ops;
 mod repair;

@@ -75,6 +75,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         node.data.display()
     );
     let transport = checked.transport(args.node).map_err(anyhow::Error::msg)?;
+    checked.config.limits.limits().map_err(anyhow::Error::msg)?;
     // A gateway without its cluster keys fails here, before anything starts.
     let keys = match &node.gateway {
         Some(_) => Some(std::sync::Arc::new(
@@ -207,6 +208,7 @@ async fn serve(
             anyhow::bail!("the gateway's cluster keys were not loaded");
         };
         let mut gc = GatewayConfig::new(meta_endpoints.clone(), transport.clone(), keys);
+        gc.limits = checked.config.limits.limits().map_err(anyhow::Error::msg)?;
         gc.site = Some(node.site.get_ref().clone());
         gc.local_shards = local_shards.clone();
         gc.store_deadline = gc.store_deadline.min(grace / 2);
