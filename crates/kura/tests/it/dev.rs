@@ -318,3 +318,95 @@ fn python_client(dev: &Dev) {
     eprintln!("{text}");
     assert!(out.status.success(), "the Python client failed:\n{text}");
 }
+
+/// What an operator does to rotate the cluster key of a `kura dev`
+/// cluster: add a version to the key file, restart, re-wrap every data key
+/// with `kura admin keys rotate`, retire the old version, and read
+/// everything back byte for byte.
+#[test]
+fn an_operator_rotates_the_cluster_key_and_retires_the_old_one() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let keys = data.join("cluster.keys");
+    let keys = keys.to_str().expect("utf-8 path").to_string();
+    let corpus = corpus_dir();
+    let corpus = corpus.to_str().expect("utf-8 path").to_string();
+    let usage = |v: &serde_json::Value| -> Vec<(u64, u64)> {
+        v["versions"]
+            .as_array()
+            .expect("versions")
+            .iter()
+            .map(|x| {
+                (
+                    x["version"].as_u64().expect("version"),
+                    x["instances"].as_u64().expect("instances"),
+                )
+            })
+            .collect()
+    };
+    let local = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kura"))
+            .args(args)
+            .output()
+            .expect("run kura")
+    };
+
+    let dev = Dev::start(&data);
+    let o = kura(&["store", &corpus, "--json"], &dev);
+    assert_eq!(json(&o)["stored"], 11);
+    let status = json(&kura(&["admin", "keys", "status", "--json"], &dev));
+    assert_eq!(status["current"], 1, "{status}");
+    assert_eq!(usage(&status), vec![(1, 11)]);
+    assert!(dev.interrupt().success());
+
+    // A second version, appended to the same file.
+    let o = local(&["keys", "generate", "--file", &keys, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json(&o)["version"], 2);
+    let shown = json(&local(&["keys", "show", "--file", &keys, "--json"]));
+    assert_eq!(shown["current"], 2, "{shown}");
+    let text = std::fs::read_to_string(&keys).expect("key file");
+    let secret_v1 = text
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .expect("version 1 line")
+        .to_string();
+    assert!(
+        !shown.to_string().contains(&secret_v1[2..]),
+        "show never prints a key"
+    );
+
+    let dev = Dev::start(&data);
+    let status = json(&kura(&["admin", "keys", "status", "--json"], &dev));
+    assert_eq!(status["current"], 2);
+    assert_eq!(usage(&status), vec![(1, 11), (2, 0)]);
+    let o = kura(&["admin", "keys", "rotate", "--page", "4", "--json"], &dev);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = json(&o);
+    assert_eq!(
+        (r["rewrapped"].as_u64(), r["failed"].as_u64()),
+        (Some(11), Some(0)),
+        "{r}"
+    );
+    let status = json(&kura(&["admin", "keys", "status", "--json"], &dev));
+    assert_eq!(usage(&status), vec![(1, 0), (2, 11)]);
+    assert!(dev.interrupt().success());
+
+    // Version 1 retired: everything still reads, and is still recognised.
+    let without_v1: String = text
+        .lines()
+        .filter(|l| !l.starts_with("1 "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&keys, without_v1).expect("retire version 1");
+    let dev = Dev::start(&data);
+    let file = corpus_dir().join("CT_small.dcm");
+    let sop = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322";
+    let out = tmp.path().join("ct.out.dcm");
+    let o = kura(&["retrieve", sop, "-o", out.to_str().expect("path")], &dev);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(file_blake3(&out), file_blake3(&file));
+    let o = kura(&["store", &corpus, "--json"], &dev);
+    assert_eq!(json(&o)["already_stored"], 11);
+    assert!(dev.interrupt().success());
+}
