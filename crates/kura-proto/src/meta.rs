@@ -342,6 +342,11 @@ impl Command {
                 if checks.iter().any(|c| c.version == 0) {
                     return Err("cluster key versions start at 1".into());
                 }
+                let mut versions: Vec<u32> = checks.iter().map(|c| c.version).collect();
+                versions.sort_unstable();
+                if versions.windows(2).any(|w| w[0] == w[1]) {
+                    return Err("a key registration names each version once".into());
+                }
                 Ok(())
             }
             Command::Rewrap {

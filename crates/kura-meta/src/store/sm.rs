@@ -1324,6 +1324,9 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
             }))
         }
         Command::RegisterKeys { checks } => {
+            // Every check first: a refusal must leave nothing written (the
+            // transaction of a rejected command is still applied).
+            let mut new = Vec::new();
             for c in &checks {
                 let key = key_check_key(c.version);
                 match txn.get::<[u8; 32]>(CF_SM, &key)? {
@@ -1331,8 +1334,11 @@ fn apply_command(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, Stora
                         return Ok(Err(Rejected::KeyMismatch { version: c.version }));
                     }
                     Some(_) => {}
-                    None => txn.put(CF_SM, key, &c.check)?,
+                    None => new.push((key, c.check)),
                 }
+            }
+            for (key, check) in new {
+                txn.put(CF_SM, key, &check)?;
             }
             let mut known: Vec<u32> = txn
                 .keys_with_prefix(CF_SM, KEY_CHECK_PREFIX)?

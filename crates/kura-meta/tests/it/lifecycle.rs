@@ -818,3 +818,168 @@ async fn delete_respects_retention_and_legal_hold_and_leaves_no_index_entry() {
         other => panic!("an empty delete must be refused: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_checks_register_once_and_rewraps_change_only_the_sealing() {
+    use kura_proto::meta::KeyCheck;
+    let c = TestCluster::start(3, fast_timings()).await;
+    let client = c.client();
+    let register = |checks: Vec<(u32, u8)>| {
+        let client = client.clone();
+        async move {
+            client
+                .propose(
+                    &Command::RegisterKeys {
+                        checks: checks
+                            .into_iter()
+                            .map(|(version, b)| KeyCheck {
+                                version,
+                                check: [b; 32],
+                            })
+                            .collect(),
+                    },
+                    Retry::Idempotent,
+                )
+                .await
+                .expect("propose")
+        }
+    };
+    assert_eq!(
+        register(vec![(1, 1)]).await,
+        Ok(Applied::KeysRegistered { known: vec![1] })
+    );
+    assert_eq!(
+        register(vec![(1, 1), (2, 2)]).await,
+        Ok(Applied::KeysRegistered { known: vec![1, 2] })
+    );
+    // Another value for a known version refuses the whole command: 3 is
+    // not recorded either.
+    assert_eq!(
+        register(vec![(3, 3), (1, 9)]).await,
+        Err(Rejected::KeyMismatch { version: 1 })
+    );
+    assert_eq!(
+        register(vec![(2, 2)]).await,
+        Ok(Applied::KeysRegistered { known: vec![1, 2] })
+    );
+    // One version twice is refused at the service's edge.
+    let twice = client
+        .propose(
+            &Command::RegisterKeys {
+                checks: vec![
+                    KeyCheck {
+                        version: 4,
+                        check: [4; 32],
+                    },
+                    KeyCheck {
+                        version: 4,
+                        check: [5; 32],
+                    },
+                ],
+            },
+            Retry::Idempotent,
+        )
+        .await;
+    assert!(
+        matches!(&twice, Err(e) if e.to_string().contains("each version once")),
+        "{twice:?}"
+    );
+
+    for n in 0..5 {
+        put(&client, n).await;
+    }
+    let usage = || async {
+        match client
+            .query(&Query::KeyUsage {
+                consistency: Consistency::Linearizable,
+            })
+            .await
+            .expect("query")
+        {
+            QueryResult::KeyUsage {
+                manifests,
+                registered,
+            } => (manifests, registered),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(usage().await, (vec![(1, 5)], vec![1, 2]));
+
+    // A rewrap to version 2: sealing and fingerprint change, nothing else.
+    let before = get(&client, 2).await.expect("manifest");
+    let mut sealing = before.sealing.clone();
+    sealing.key_version = 2;
+    sealing.salt = [8; 32];
+    let rewrap = |expected_version: u64, sealing: kura_placement::Sealing| {
+        let client = client.clone();
+        async move {
+            client
+                .propose(
+                    &Command::Rewrap {
+                        tenant: TENANT.into(),
+                        sop_instance_uid: uid(2),
+                        expected_version,
+                        sealing,
+                        fingerprint: [6; 32],
+                    },
+                    Retry::Idempotent,
+                )
+                .await
+                .expect("propose")
+        }
+    };
+    assert_eq!(
+        rewrap(before.version + 1, sealing.clone()).await,
+        Err(Rejected::VersionMismatch {
+            expected: before.version + 1,
+            current: before.version
+        })
+    );
+    let mut resized = sealing.clone();
+    resized.plain_size += 1;
+    assert!(matches!(
+        rewrap(before.version, resized).await,
+        Err(Rejected::Invalid(_))
+    ));
+    assert_eq!(
+        rewrap(before.version, sealing.clone()).await,
+        Ok(Applied::ManifestUpdated {
+            version: before.version + 1
+        })
+    );
+    let after = get(&client, 2).await.expect("manifest");
+    assert_eq!(after.sealing, sealing);
+    assert_eq!(after.fingerprint, [6; 32]);
+    assert_eq!(after.segments, before.segments);
+    assert_eq!(after.stored_at_unix_ms, before.stored_at_unix_ms);
+    assert_eq!(usage().await.0, vec![(1, 4), (2, 1)]);
+
+    // The work list skips what is already under version 2, in pages.
+    let mut seen = Vec::new();
+    let mut after_key = None;
+    loop {
+        let r = client
+            .query(&Query::NotSealedUnder {
+                key_version: 2,
+                after: after_key.clone(),
+                limit: 2,
+                scan: 3,
+                consistency: Consistency::Linearizable,
+            })
+            .await
+            .expect("query");
+        let QueryResult::SealedPage { manifests, next } = r else {
+            panic!("unexpected {r:?}");
+        };
+        assert!(manifests.len() <= 2);
+        seen.extend(manifests.into_iter().map(|m| m.sop_instance_uid));
+        match next {
+            Some(n) => after_key = Some(n),
+            None => break,
+        }
+    }
+    seen.sort();
+    let mut want: Vec<String> = [0, 1, 3, 4].iter().map(|n| uid(*n)).collect();
+    want.sort();
+    assert_eq!(seen, want);
+}
