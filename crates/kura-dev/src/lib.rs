@@ -290,6 +290,14 @@ impl DevCluster {
             Err(e) => return Err(data_err(format!("cannot read {LAYOUT_FILE}: {e}"))),
         };
         let restart = saved.is_some();
+        if restart && !config.keys_file().exists() {
+            return Err(data_err(format!(
+                "this data directory was made by an older kura dev, before encryption at rest (it has {LAYOUT_FILE} but no {KEYS_FILE}); this build does not read its unencrypted manifests: move the directory away or delete it, and start again"
+            )));
+        }
+        // The keys before anything starts: a key file that does not read
+        // stops the start here.
+        let keys = config.keyring()?;
         let host = config.host;
 
         // Listeners first: a fresh cluster learns its ports from them.
@@ -407,8 +415,7 @@ impl DevCluster {
         init_map(&meta, &layout, &storage, &config, host).await?;
 
         // The gateway.
-        let mut gc =
-            GatewayConfig::new(meta_endpoints.clone(), gateway_transport, config.keyring()?);
+        let mut gc = GatewayConfig::new(meta_endpoints.clone(), gateway_transport, keys);
         // Orphan reclaim must never race a live store.
         gc.store_deadline = gc.store_deadline.min(config.orphan_grace / 2);
         gc.repair = config.repair.clone();

@@ -347,3 +347,22 @@ async fn rotation_rewraps_every_instance_and_the_old_key_can_go() {
     g2.shutdown().await;
     g3.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_dir_from_before_encryption_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("dir");
+    let c = Cluster::start_with(dir, |_| {}).await;
+    let Cluster { dev, dir } = c;
+    let keys = dev.config().keys_file();
+    dev.shutdown().await;
+    std::fs::remove_file(&keys).expect("remove the key file");
+    let Err(e) = kura_dev::DevCluster::start(crate::harness::config(&dir)).await else {
+        panic!("a data dir without its key file restarted");
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains("older kura dev, before encryption at rest")
+            && text.contains("move the directory away"),
+        "{text}"
+    );
+}
