@@ -153,6 +153,46 @@ fn run_config(budget: Budget, k: usize, m: usize, shard: usize) -> Config {
         }),
     ));
 
+    // Encryption at rest (kura-seal): seal and open the same bytes, as the
+    // gateway does before encoding and after decoding.
+    let seal_key = kura_seal::DataKey::from_bytes([7; 32]);
+    let seal_src = data.clone();
+    let mut sealed = Vec::with_capacity(data_len + data_len / 4096 + 64);
+    {
+        let key = seal_key.clone();
+        let src = seal_src.clone();
+        let mut out = Vec::with_capacity(data_len + data_len / 4096 + 64);
+        ops.push((
+            "kura-seal seal".into(),
+            Box::new(move || {
+                timed(|| {
+                    out.clear();
+                    let mut s = kura_seal::Sealer::new(&key, &[1; 32]);
+                    s.push(black_box(&src), &mut out).expect("seal");
+                    black_box(s.finish(&mut out).expect("seal"));
+                })
+            }),
+        ));
+    }
+    {
+        let mut s = kura_seal::Sealer::new(&seal_key, &[1; 32]);
+        s.push(&seal_src, &mut sealed).expect("seal");
+        s.finish(&mut sealed).expect("seal");
+        let mut out = Vec::with_capacity(data_len);
+        ops.push((
+            "kura-seal open".into(),
+            Box::new(move || {
+                timed(|| {
+                    out.clear();
+                    let mut o = kura_seal::Opener::new(&seal_key, &[1; 32]);
+                    o.push(black_box(&sealed), &mut out).expect("open");
+                    o.finish(&mut out).expect("open");
+                    black_box(&mut out);
+                })
+            }),
+        ));
+    }
+
     // reed-solomon-erasure, GF(2^8).
     let rs8 = galois_8::ReedSolomon::new(k, m).expect("valid profile");
     let mut parity8 = vec![vec![0u8; shard]; m];
