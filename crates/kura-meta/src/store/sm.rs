@@ -975,40 +975,15 @@ impl<'a> Txn<'a> {
 
     /// Whether any key starting with `prefix` exists, pending writes of
     /// this transaction included.
-    /// Every key under `prefix`, pending writes included (a few: key
-    /// versions).
-    fn keys_with_prefix(
+    /// Visits the keys under `prefix`, pending writes included (a pending
+    /// delete hides a stored key; a key may be visited twice), until
+    /// `visit` answers false.
+    fn visit_prefix(
         &self,
         cf_name: &'static str,
         prefix: &[u8],
-    ) -> Result<Vec<Vec<u8>>, StorageError> {
-        let mut keys = std::collections::BTreeSet::new();
-        let h = cf(self.db, cf_name)?;
-        for item in self
-            .db
-            .iterator_cf(h, IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (key, _) = item.map_err(read_err)?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            keys.insert(key.to_vec());
-        }
-        for ((_, k), v) in self
-            .writes
-            .range((cf_name, prefix.to_vec())..)
-            .take_while(|((c, k), _)| *c == cf_name && k.starts_with(prefix))
-        {
-            if v.is_some() {
-                keys.insert(k.clone());
-            } else {
-                keys.remove(k);
-            }
-        }
-        Ok(keys.into_iter().collect())
-    }
-
-    fn any_with_prefix(&self, cf_name: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
+        mut visit: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), StorageError> {
         let pending = self
             .writes
             .range((cf_name, prefix.to_vec())..)
@@ -1016,9 +991,12 @@ impl<'a> Txn<'a> {
         let mut deleted = std::collections::BTreeSet::new();
         for ((_, k), v) in pending {
             if v.is_some() {
-                return Ok(true);
+                if !visit(k) {
+                    return Ok(());
+                }
+            } else {
+                deleted.insert(k.clone());
             }
-            deleted.insert(k.clone());
         }
         let h = cf(self.db, cf_name)?;
         for item in self
@@ -1029,11 +1007,34 @@ impl<'a> Txn<'a> {
             if !key.starts_with(prefix) {
                 break;
             }
-            if !deleted.contains(key.as_ref()) {
-                return Ok(true);
+            if !deleted.contains(key.as_ref()) && !visit(&key) {
+                return Ok(());
             }
         }
-        Ok(false)
+        Ok(())
+    }
+
+    /// Every key under `prefix` (a few: key versions).
+    fn keys_with_prefix(
+        &self,
+        cf_name: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut keys = std::collections::BTreeSet::new();
+        self.visit_prefix(cf_name, prefix, |k| {
+            keys.insert(k.to_vec());
+            true
+        })?;
+        Ok(keys.into_iter().collect())
+    }
+
+    fn any_with_prefix(&self, cf_name: &'static str, prefix: &[u8]) -> Result<bool, StorageError> {
+        let mut any = false;
+        self.visit_prefix(cf_name, prefix, |_| {
+            any = true;
+            false
+        })?;
+        Ok(any)
     }
 
     fn commit(self) -> Result<(), StorageError> {
