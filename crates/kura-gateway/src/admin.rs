@@ -102,17 +102,12 @@ impl AdminService {
                 consistency: Consistency::Linearizable,
             })
             .await?
+            .into_cluster_map()?
         {
-            QueryResult::ClusterMap {
-                map: Some(map),
-                profile,
-            } => Ok((map, profile)),
-            QueryResult::ClusterMap { map: None, .. } => Err(GatewayError::Unavailable(
+            (Some(map), profile) => Ok((map, profile)),
+            (None, _) => Err(GatewayError::Unavailable(
                 "the cluster has no map yet".into(),
             )),
-            other => Err(GatewayError::Internal(format!(
-                "unexpected answer to GetClusterMap: {other:?}"
-            ))),
         }
     }
 
@@ -129,17 +124,12 @@ impl AdminService {
     }
 
     async fn tokens(&self) -> Result<Vec<kura_proto::meta::TokenRecord>, GatewayError> {
-        match self
+        Ok(self
             .query(Query::ListTokens {
                 consistency: Consistency::Linearizable,
             })
             .await?
-        {
-            QueryResult::Tokens(t) => Ok(t),
-            other => Err(GatewayError::Internal(format!(
-                "unexpected answer to ListTokens: {other:?}"
-            ))),
-        }
+            .into_tokens()?)
     }
 
     async fn propose(&self, cmd: Command) -> Result<Applied, GatewayError> {
@@ -214,53 +204,29 @@ impl AdminService {
 
     async fn status_with(&self, brief: bool) -> Result<pb::ClusterStatus, GatewayError> {
         let (map, profile) = self.map().await?;
-        let (instances, under_protected) = match self
-            .query(Query::CountManifests {
-                consistency: Consistency::Linearizable,
-            })
-            .await?
-        {
-            QueryResult::ManifestCounts {
-                total,
-                under_protected,
-            } => (total, under_protected),
-            other => {
-                return Err(GatewayError::Internal(format!(
-                    "unexpected answer to CountManifests: {other:?}"
-                )));
-            }
-        };
-        let damaged_shards = match self
+        let (instances, under_protected) = self.status_counts().await?;
+        let damaged_shards = self
             .query(Query::Damaged {
                 after: None,
                 limit: 1000,
                 consistency: Consistency::Linearizable,
             })
             .await?
-        {
-            QueryResult::DamagedPage { shards, .. } => shards.len() as u64,
-            _ => 0,
-        };
+            .into_damaged_page()?
+            .0
+            .len() as u64;
         let mut nodes = Vec::new();
         for n in map.nodes.values() {
             let held = if brief {
                 0
             } else {
-                match self
-                    .query(Query::CountOnNode {
-                        node: n.id,
-                        max: HELD_COUNT_MAX,
-                        consistency: Consistency::Linearizable,
-                    })
-                    .await?
-                {
-                    QueryResult::Count(c) => c,
-                    other => {
-                        return Err(GatewayError::Internal(format!(
-                            "unexpected answer to CountOnNode: {other:?}"
-                        )));
-                    }
-                }
+                self.query(Query::CountOnNode {
+                    node: n.id,
+                    max: HELD_COUNT_MAX,
+                    consistency: Consistency::Linearizable,
+                })
+                .await?
+                .into_count()?
             };
             nodes.push(pb::NodeStatus {
                 id: n.id,
@@ -356,15 +322,12 @@ impl AdminService {
         for m in self.attention().await? {
             suspects.insert((m.tenant.clone(), m.sop_instance_uid.clone()), m);
         }
-        let holders = match self
+        let holders = self
             .query(Query::HolderNodes {
                 consistency: Consistency::Linearizable,
             })
             .await?
-        {
-            QueryResult::HolderNodes(ids) => ids,
-            _ => Vec::new(),
-        };
+            .into_holder_nodes()?;
         for id in holders {
             if map.node(id).is_some_and(|n| n.state == NodeState::Up) {
                 continue;
@@ -396,20 +359,12 @@ impl AdminService {
     }
 
     async fn status_counts(&self) -> Result<(u64, u64), GatewayError> {
-        match self
+        Ok(self
             .query(Query::CountManifests {
                 consistency: Consistency::Linearizable,
             })
             .await?
-        {
-            QueryResult::ManifestCounts {
-                total,
-                under_protected,
-            } => Ok((total, under_protected)),
-            other => Err(GatewayError::Internal(format!(
-                "unexpected answer to CountManifests: {other:?}"
-            ))),
-        }
+            .into_manifest_counts()?)
     }
 
     async fn node_of(&self, id: NodeId) -> Result<(ClusterMap, NodeInfo), GatewayError> {
@@ -752,17 +707,15 @@ impl Admin for AdminService {
                     ),
                 ));
             }
-            let answer = self
+            let (manifests, next) = self
                 .query(Query::ListManifests {
                     tenant: req.tenant.clone(),
                     after: (!req.after.is_empty()).then(|| req.after.clone()),
                     limit: req.limit.max(1),
                     consistency: Consistency::Linearizable,
                 })
-                .await?;
-            let QueryResult::ManifestPage { manifests, next } = answer else {
-                return Err(GatewayError::Internal("unexpected answer to a page".into()));
-            };
+                .await?
+                .into_manifest_page()?;
             let keys = &self.inner.config.keys;
             Ok(pb::ListInstancesResponse {
                 instances: manifests

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use kura_proto::meta::{
-    AUDIT_PAGE_MAX, AdminRequest, AdminResponse, AuditEntry, Consistency, Query, QueryResult,
+    AUDIT_PAGE_MAX, AdminRequest, AdminResponse, AuditEntry, Consistency, Query,
 };
 use kura_proto::v1 as pb;
 use kura_proto::v1::audit_server::Audit;
@@ -128,18 +128,13 @@ impl Audit for AuditService {
                         consistency: Consistency::Linearizable,
                     })
                     .await;
+                let page = page
+                    .map_err(meta_error)
+                    .and_then(|p| Ok(p.into_audit_page()?));
                 let (entries, next) = match page {
-                    Ok(QueryResult::AuditPage { entries, next }) => (entries, next),
-                    Ok(other) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!(
-                                "unexpected answer to AuditPage: {other:?}"
-                            ))))
-                            .await;
-                        return;
-                    }
+                    Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(meta_error(e).into_status())).await;
+                        let _ = tx.send(Err(e.into_status())).await;
                         return;
                     }
                 };

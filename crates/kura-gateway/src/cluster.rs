@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kura_erasure::EcParams;
 use kura_placement::{ClusterMap, NodeId, NodeInfo};
-use kura_proto::meta::{Consistency, Query, QueryResult};
+use kura_proto::meta::{Consistency, Query};
 use kura_proto::meta_client::{MetaClient, MetaClientError};
 use kura_proto::shards_client::ShardsClient;
 
@@ -203,7 +203,7 @@ impl ClusterView {
             return Ok(Arc::clone(s));
         }
         // From any voter: no election in the way of a map.
-        let answer = self
+        let (map, profile) = self
             .meta
             .query_any(
                 &Query::GetClusterMap {
@@ -212,12 +212,8 @@ impl ClusterView {
                 MAP_ATTEMPT,
             )
             .await
-            .map_err(meta_error)?;
-        let QueryResult::ClusterMap { map, profile } = answer else {
-            return Err(GatewayError::Internal(format!(
-                "unexpected answer to GetClusterMap: {answer:?}"
-            )));
-        };
+            .map_err(meta_error)?
+            .into_cluster_map()?;
         let (Some(map), Some(profile)) = (map, profile) else {
             return Err(GatewayError::Unavailable(
                 "the cluster is not initialised yet (no cluster map)".into(),
@@ -270,12 +266,11 @@ pub async fn manifest_pages(
 ) -> Result<(), GatewayError> {
     let mut after = None;
     loop {
-        let answer = meta.query(&query(after.take())).await.map_err(meta_error)?;
-        let QueryResult::ManifestPage { manifests, next } = answer else {
-            return Err(GatewayError::Internal(format!(
-                "unexpected answer to a manifest page: {answer:?}"
-            )));
-        };
+        let (manifests, next) = meta
+            .query(&query(after.take()))
+            .await
+            .map_err(meta_error)?
+            .into_manifest_page()?;
         if !page(manifests) {
             return Ok(());
         }
@@ -295,19 +290,15 @@ pub async fn damaged_instances(meta: &MetaClient) -> Result<DamagedInstances, Ga
     let mut out = DamagedInstances::new();
     let mut after = None;
     loop {
-        let answer = meta
+        let (shards, next) = meta
             .query(&Query::Damaged {
                 after: after.take(),
                 limit: 1000,
                 consistency: Consistency::Linearizable,
             })
             .await
-            .map_err(meta_error)?;
-        let QueryResult::DamagedPage { shards, next } = answer else {
-            return Err(GatewayError::Internal(format!(
-                "unexpected answer to Damaged: {answer:?}"
-            )));
-        };
+            .map_err(meta_error)?
+            .into_damaged_page()?;
         for (d, m) in shards {
             let Some(m) = m else { continue };
             out.entry((m.tenant.clone(), m.sop_instance_uid.clone()))

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use kura_proto::meta::{
-    Applied, Command, Consistency, DELETE_BATCH_MAX, LegalHold, Query, QueryResult, Rejected,
+    Applied, Command, Consistency, DELETE_BATCH_MAX, LegalHold, Query, Rejected,
 };
 use kura_proto::meta_client::Retry;
 
@@ -97,33 +97,19 @@ async fn read_policies(
         }
         .map_err(meta_error)
     };
-    let days = match ask(Query::Retention {
+    let days = ask(Query::Retention {
         tenant: tenant.to_string(),
         consistency,
     })
     .await?
-    {
-        QueryResult::Retention(d) => d,
-        other => {
-            return Err(GatewayError::Internal(format!(
-                "unexpected answer to Retention: {other:?}"
-            )));
-        }
-    };
-    let hold = match ask(Query::LegalHold {
+    .into_retention()?;
+    let hold = ask(Query::LegalHold {
         tenant: tenant.to_string(),
         study_instance_uid: study.to_string(),
         consistency,
     })
     .await?
-    {
-        QueryResult::LegalHold(h) => h,
-        other => {
-            return Err(GatewayError::Internal(format!(
-                "unexpected answer to LegalHold: {other:?}"
-            )));
-        }
-    };
+    .into_legal_hold()?;
     Ok((days, hold))
 }
 

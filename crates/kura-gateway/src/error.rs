@@ -187,6 +187,12 @@ impl GatewayError {
     }
 }
 
+impl From<kura_proto::meta::UnexpectedAnswer> for GatewayError {
+    fn from(e: kura_proto::meta::UnexpectedAnswer) -> Self {
+        GatewayError::Internal(e.to_string())
+    }
+}
+
 impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Self {
         e.into_status()

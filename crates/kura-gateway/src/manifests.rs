@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kura_placement::Manifest;
-use kura_proto::meta::{Consistency, Query, QueryResult};
+use kura_proto::meta::{Consistency, Query};
 use lru::LruCache;
 
 use crate::cluster::meta_error;
@@ -135,12 +135,7 @@ async fn read(
         Consistency::Stale => meta.query_any(&query, gw.config.stale_read_attempt).await,
     }
     .map_err(meta_error)?;
-    match answer {
-        QueryResult::Manifest(m) => Ok(m.map(|m| *m)),
-        other => Err(GatewayError::Internal(format!(
-            "unexpected answer to GetManifest: {other:?}"
-        ))),
-    }
+    Ok(answer.into_manifest()?.map(|m| *m))
 }
 
 #[cfg(test)]

@@ -341,18 +341,16 @@ impl Worker {
     }
 
     async fn map(&self) -> Result<ClusterMap, String> {
-        match self
+        let (map, _) = self
             .meta()
             .query(&Query::GetClusterMap {
                 consistency: Consistency::Linearizable,
             })
             .await
-        {
-            Ok(QueryResult::ClusterMap { map: Some(map), .. }) => Ok(map),
-            Ok(QueryResult::ClusterMap { map: None, .. }) => Err("no cluster map yet".into()),
-            Ok(other) => Err(format!("unexpected answer to GetClusterMap: {other:?}")),
-            Err(e) => Err(e.to_string()),
-        }
+            .map_err(|e| e.to_string())?
+            .into_cluster_map()
+            .map_err(|e| e.to_string())?;
+        map.ok_or_else(|| "no cluster map yet".into())
     }
 
     /// Queues every manifest of a paged index.
@@ -375,17 +373,15 @@ impl Worker {
     /// leaving node, stored under-protected, or with a damaged shard.
     async fn build_queue(&self, map: &ClusterMap) -> Result<Vec<Item>, String> {
         let mut items: HashMap<(String, String), Item> = HashMap::new();
-        let holders = match self
+        let holders = self
             .meta()
             .query(&Query::HolderNodes {
                 consistency: Consistency::Linearizable,
             })
             .await
             .map_err(|e| e.to_string())?
-        {
-            QueryResult::HolderNodes(ids) => ids,
-            other => return Err(format!("unexpected answer to HolderNodes: {other:?}")),
-        };
+            .into_holder_nodes()
+            .map_err(|e| e.to_string())?;
         let page = self.config.page;
         for id in holders {
             let leaving = map.node(id).is_none_or(|n| {
@@ -419,7 +415,7 @@ impl Worker {
         let mut after = None;
         let mut stale = Vec::new();
         loop {
-            let answer = self
+            let (shards, next) = self
                 .meta()
                 .query(&Query::Damaged {
                     after,
@@ -427,10 +423,9 @@ impl Worker {
                     consistency: Consistency::Linearizable,
                 })
                 .await
+                .map_err(|e| e.to_string())?
+                .into_damaged_page()
                 .map_err(|e| e.to_string())?;
-            let QueryResult::DamagedPage { shards, next } = answer else {
-                return Err(format!("unexpected answer to Damaged: {answer:?}"));
-            };
             for (d, m) in shards {
                 match m {
                     Some(m) if names_holder(&m, &d) => queue(&mut items, m, Some(d)),

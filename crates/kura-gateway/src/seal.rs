@@ -136,24 +136,16 @@ pub async fn verify_keys(
 pub(crate) async fn key_status(
     inner: &crate::server::Inner,
 ) -> Result<kura_proto::v1::KeyStatusResponse, GatewayError> {
-    use kura_proto::meta::{Consistency, Query, QueryResult};
-    let answer = inner
+    use kura_proto::meta::{Consistency, Query};
+    let (manifests, registered) = inner
         .cluster
         .meta()
         .query(&Query::KeyUsage {
             consistency: Consistency::Linearizable,
         })
         .await
-        .map_err(crate::cluster::meta_error)?;
-    let QueryResult::KeyUsage {
-        manifests,
-        registered,
-    } = answer
-    else {
-        return Err(GatewayError::Internal(
-            "unexpected answer to KeyUsage".into(),
-        ));
-    };
+        .map_err(crate::cluster::meta_error)?
+        .into_key_usage()?;
     let keys = &inner.config.keys;
     let mut versions: std::collections::BTreeSet<u32> = keys.versions().into_iter().collect();
     versions.extend(registered.iter().copied());
@@ -189,7 +181,7 @@ pub(crate) async fn rotate_page(
     limit: u32,
 ) -> Result<kura_proto::v1::RotateKeysResponse, GatewayError> {
     use futures::StreamExt;
-    use kura_proto::meta::{Consistency, Query, QueryResult};
+    use kura_proto::meta::{Consistency, Query};
     let keys = &inner.config.keys;
     let target = keys.current();
     let limit = if limit == 0 {
@@ -197,7 +189,7 @@ pub(crate) async fn rotate_page(
     } else {
         limit.min(ROTATE_PAGE_MAX)
     };
-    let answer = inner
+    let (manifests, next) = inner
         .cluster
         .meta()
         .query(&Query::NotSealedUnder {
@@ -208,12 +200,8 @@ pub(crate) async fn rotate_page(
             consistency: Consistency::Linearizable,
         })
         .await
-        .map_err(crate::cluster::meta_error)?;
-    let QueryResult::SealedPage { manifests, next } = answer else {
-        return Err(GatewayError::Internal(
-            "unexpected answer to NotSealedUnder".into(),
-        ));
-    };
+        .map_err(crate::cluster::meta_error)?
+        .into_sealed_page()?;
     let outcomes: Vec<Rewrapped> = futures::stream::iter(manifests)
         .map(|m| rewrap(inner, m, target))
         .buffer_unordered(ROTATE_IN_FLIGHT)

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use futures::Stream;
 use kura_placement::Manifest;
-use kura_proto::meta::{Consistency, LIST_PAGE_MAX, Query, QueryResult};
+use kura_proto::meta::{Consistency, LIST_PAGE_MAX, Query};
 use kura_proto::v1::archive_server::Archive;
 use kura_proto::v1::instance_protection::State as InstanceState;
 use kura_proto::v1::{
@@ -253,12 +253,7 @@ impl ArchiveService {
             })
             .await
             .map_err(meta_error)?;
-        match answer {
-            QueryResult::StudyPage { manifests, next } => Ok((manifests, next)),
-            other => Err(GatewayError::Internal(format!(
-                "unexpected answer to ListStudy: {other:?}"
-            ))),
-        }
+        Ok(answer.into_study_page()?)
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kura_auth::{ClientRoles, Principal};
-use kura_proto::meta::{Consistency, Query, QueryResult, TokenRecord, hex_prefix};
+use kura_proto::meta::{Consistency, Query, TokenRecord, hex_prefix};
 use kura_proto::meta_client::MetaClient;
 
 /// How often a gateway re-reads the token list.
@@ -65,19 +65,16 @@ impl TokenCache {
 
     /// Reads the list from the cluster now.
     pub async fn refresh(&self, meta: &MetaClient) -> Result<(), String> {
-        match meta
+        let tokens = meta
             .query(&Query::ListTokens {
                 consistency: Consistency::Linearizable,
             })
             .await
-        {
-            Ok(QueryResult::Tokens(t)) => {
-                self.set(t);
-                Ok(())
-            }
-            Ok(other) => Err(format!("unexpected answer to ListTokens: {other:?}")),
-            Err(e) => Err(e.to_string()),
-        }
+            .map_err(|e| e.to_string())?
+            .into_tokens()
+            .map_err(|e| e.to_string())?;
+        self.set(tokens);
+        Ok(())
     }
 
     /// Keeps the list fresh until the returned task is aborted.

@@ -762,6 +762,114 @@ pub enum QueryResult {
     },
 }
 
+/// A query answered with another kind of result than it asks for: a bug,
+/// or voters and gateways of builds that disagree.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected answer to {query}: a {got} result")]
+pub struct UnexpectedAnswer {
+    pub query: &'static str,
+    pub got: &'static str,
+}
+
+/// One typed accessor per kind of result: `self` if it is that kind,
+/// else [`UnexpectedAnswer`] naming the query.
+macro_rules! typed_results {
+    ($($(#[$doc:meta])* $name:ident($query:literal) -> $ty:ty { $pat:pat => $out:expr })*) => {
+        impl QueryResult {
+            $(
+                $(#[$doc])*
+                pub fn $name(self) -> Result<$ty, UnexpectedAnswer> {
+                    match self {
+                        $pat => Ok($out),
+                        other => Err(UnexpectedAnswer {
+                            query: $query,
+                            got: other.kind(),
+                        }),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+impl QueryResult {
+    /// The kind of result, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QueryResult::Manifest(_) => "Manifest",
+            QueryResult::StudyPage { .. } => "StudyPage",
+            QueryResult::ClusterMap { .. } => "ClusterMap",
+            QueryResult::ManifestCounts { .. } => "ManifestCounts",
+            QueryResult::ObjectsReferenced(_) => "ObjectsReferenced",
+            QueryResult::ManifestPage { .. } => "ManifestPage",
+            QueryResult::DamagedPage { .. } => "DamagedPage",
+            QueryResult::HolderNodes(_) => "HolderNodes",
+            QueryResult::Count(_) => "Count",
+            QueryResult::AuditPage { .. } => "AuditPage",
+            QueryResult::Tokens(_) => "Tokens",
+            QueryResult::ShardsReferenced(_) => "ShardsReferenced",
+            QueryResult::Retention(_) => "Retention",
+            QueryResult::LegalHold(_) => "LegalHold",
+            QueryResult::KeyUsage { .. } => "KeyUsage",
+            QueryResult::SealedPage { .. } => "SealedPage",
+        }
+    }
+}
+
+/// (manifests, next) of a page.
+pub type Page<T, C> = (Vec<T>, Option<C>);
+
+typed_results! {
+    /// `GetManifest`.
+    into_manifest("GetManifest") -> Option<Box<Manifest>> { QueryResult::Manifest(m) => m }
+    /// `ListStudy`: the page and where the next starts.
+    into_study_page("ListStudy") -> Page<Manifest, (String, String)> {
+        QueryResult::StudyPage { manifests, next } => (manifests, next)
+    }
+    /// `GetClusterMap`: the map and the profile, each once recorded.
+    into_cluster_map("GetClusterMap") -> (Option<ClusterMap>, Option<EcParams>) {
+        QueryResult::ClusterMap { map, profile } => (map, profile)
+    }
+    /// `CountManifests`: (total, under-protected).
+    into_manifest_counts("CountManifests") -> (u64, u64) {
+        QueryResult::ManifestCounts { total, under_protected } => (total, under_protected)
+    }
+    /// `ListManifests` and `ManifestsOnNode`.
+    into_manifest_page("a manifest page") -> Page<Manifest, Vec<u8>> {
+        QueryResult::ManifestPage { manifests, next } => (manifests, next)
+    }
+    /// `Damaged` and `Attention`.
+    into_damaged_page("a damage page") -> Page<(DamagedShard, Option<Manifest>), DamagedShard> {
+        QueryResult::DamagedPage { shards, next } => (shards, next)
+    }
+    /// `HolderNodes`.
+    into_holder_nodes("HolderNodes") -> Vec<NodeId> { QueryResult::HolderNodes(n) => n }
+    /// `CountOnNode`.
+    into_count("CountOnNode") -> u64 { QueryResult::Count(n) => n }
+    /// `AuditPage`.
+    into_audit_page("AuditPage") -> Page<AuditEntry, u64> {
+        QueryResult::AuditPage { entries, next } => (entries, next)
+    }
+    /// `ListTokens`.
+    into_tokens("ListTokens") -> Vec<TokenRecord> { QueryResult::Tokens(t) => t }
+    /// `ShardsReferenced`.
+    into_shards_referenced("ShardsReferenced") -> Vec<ShardReference> {
+        QueryResult::ShardsReferenced(r) => r
+    }
+    /// `Retention`.
+    into_retention("Retention") -> Option<u32> { QueryResult::Retention(d) => d }
+    /// `LegalHold`.
+    into_legal_hold("LegalHold") -> Option<LegalHold> { QueryResult::LegalHold(h) => h }
+    /// `KeyUsage`: (manifests per key version, registered versions).
+    into_key_usage("KeyUsage") -> (Vec<(u32, u64)>, Vec<u32>) {
+        QueryResult::KeyUsage { manifests, registered } => (manifests, registered)
+    }
+    /// `NotSealedUnder`.
+    into_sealed_page("NotSealedUnder") -> Page<Manifest, (String, String)> {
+        QueryResult::SealedPage { manifests, next } => (manifests, next)
+    }
+}
+
 /// A voter of the metadata cluster: its Raft id and the address of its
 /// internal gRPC endpoint (Raft + Meta services).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -818,3 +926,38 @@ pub const NOT_PROPOSED_HEADER: &str = "kura-not-proposed";
 pub const LEADER_ID_HEADER: &str = "kura-leader-id";
 /// See [`LEADER_ID_HEADER`].
 pub const LEADER_ADDR_HEADER: &str = "kura-leader-addr";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_results_take_their_kind_and_name_the_query_otherwise() {
+        assert_eq!(QueryResult::Count(7).into_count(), Ok(7));
+        assert_eq!(
+            QueryResult::Retention(Some(30)).into_retention(),
+            Ok(Some(30))
+        );
+        let e = QueryResult::Count(7)
+            .into_manifest()
+            .expect_err("a count is not a manifest");
+        assert_eq!(
+            e,
+            UnexpectedAnswer {
+                query: "GetManifest",
+                got: "Count"
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "unexpected answer to GetManifest: a Count result"
+        );
+        let (m, r) = QueryResult::KeyUsage {
+            manifests: vec![(1, 3)],
+            registered: vec![1, 2],
+        }
+        .into_key_usage()
+        .expect("key usage");
+        assert_eq!((m, r), (vec![(1, 3)], vec![1, 2]));
+    }
+}

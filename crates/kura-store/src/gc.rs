@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kura_proto::meta::{Consistency, OBJECT_KEYS_MAX, Query, QueryResult, ShardReference};
+use kura_proto::meta::{Consistency, OBJECT_KEYS_MAX, Query, ShardReference};
 use kura_proto::meta_client::MetaClient;
 use kura_proto::shards_client::ShardId;
 use tokio::sync::oneshot;
@@ -173,9 +173,7 @@ impl Reclaimer {
                 })
                 .await
                 .map_err(|e| format!("metadata cluster: {e}"))?;
-            let QueryResult::ShardsReferenced(references) = answer else {
-                return Err(format!("unexpected answer to ShardsReferenced: {answer:?}"));
-            };
+            let references = answer.into_shards_referenced().map_err(|e| e.to_string())?;
             if references.len() != old.len() {
                 return Err(format!(
                     "asked about {} shards, got {} answers",
