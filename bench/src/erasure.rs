@@ -307,6 +307,7 @@ fn run_config(budget: Budget, k: usize, m: usize, shard: usize) -> Config {
             index: 0,
             data_len: data_len as u32,
             shard_blake3: Some(segment.shard_blake3s()),
+            payloads_verified: false,
         };
         {
             let mut codec = SegmentCodec::new(params).expect("valid profile");
@@ -341,6 +342,23 @@ fn run_config(budget: Budget, k: usize, m: usize, shard: usize) -> Config {
             } else {
                 format!("kura decode_segment {tag} {} lost", lost_name(lost, m))
             };
+            if lost == 0 {
+                // As the gateway reads over TLS: the nodes verified the
+                // payloads, only headers and lengths are checked here.
+                let mut codec = SegmentCodec::new(params).expect("valid profile");
+                let verified = SegmentExpectation {
+                    payloads_verified: true,
+                    ..expected.clone()
+                };
+                let fetched = fetched.clone();
+                ops.push((
+                    "kura decode_segment healthy, verified".to_string(),
+                    Box::new(move || {
+                        let input = fetched.clone(); // not timed
+                        timed(|| drop(black_box(codec.decode(&verified, input).expect("decode"))))
+                    }),
+                ));
+            }
             ops.push((
                 label,
                 Box::new(move || {

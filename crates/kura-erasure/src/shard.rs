@@ -258,14 +258,20 @@ impl Shard {
 
 /// Checks a payload's length and blake3 against its (already decoded) header.
 pub(crate) fn check_payload(header: &ShardHeader, payload: &[u8]) -> Result<(), ShardError> {
+    check_payload_len(header, payload)?;
+    if *blake3::hash(payload).as_bytes() != header.payload_blake3 {
+        return Err(ShardError::PayloadChecksum);
+    }
+    Ok(())
+}
+
+/// Checks a payload's length against its header.
+pub(crate) fn check_payload_len(header: &ShardHeader, payload: &[u8]) -> Result<(), ShardError> {
     if payload.len() != header.payload_len as usize {
         return Err(ShardError::PayloadLength {
             expected: header.payload_len,
             found: payload.len(),
         });
-    }
-    if *blake3::hash(payload).as_bytes() != header.payload_blake3 {
-        return Err(ShardError::PayloadChecksum);
     }
     Ok(())
 }

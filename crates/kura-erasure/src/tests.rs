@@ -77,6 +77,7 @@ fn expectation(key: ObjectKey, segment: &EncodedSegment, with_hashes: bool) -> S
         index: segment.index,
         data_len: segment.data_len,
         shard_blake3: with_hashes.then(|| segment.shard_blake3s()),
+        payloads_verified: false,
     }
 }
 
@@ -397,6 +398,7 @@ fn garbage_in_every_slot_is_too_few_not_a_panic() {
         index: 0,
         data_len: 100,
         shard_blake3: None,
+        payloads_verified: false,
     };
     let slots = vec![
         Some(Vec::new()),
@@ -493,4 +495,56 @@ fn repair_refuses_a_rebuild_that_contradicts_the_manifest() {
             shard: 5
         })
     );
+}
+
+#[test]
+fn verified_payloads_skip_the_hash_but_not_the_header_checks() {
+    let params = small(4, 2, Code::ReedSolomonGf8);
+    let key = [3u8; 32];
+    let data: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    let mut codec = SegmentCodec::new(params).expect("codec");
+    let segment = codec.encode(key, 0, &data).expect("encode");
+    let encoded: Vec<Option<Vec<u8>>> = segment
+        .shards
+        .iter()
+        .map(|s| Some(s.encode_to_vec()))
+        .collect();
+    let verified = SegmentExpectation {
+        payloads_verified: true,
+        ..expectation(key, &segment, true)
+    };
+    let decoded = codec.decode(&verified, encoded.clone()).expect("decode");
+    assert_eq!(decoded.data, data);
+    assert!(decoded.bad_shards.is_empty());
+
+    // A shard whose header names another payload (a stale shard) is still
+    // refused, and so is one cut short; parity makes up for both.
+    let mut stale = expectation(key, &segment, true);
+    stale.payloads_verified = true;
+    if let Some(h) = stale.shard_blake3.as_mut() {
+        h[0] = [9; 32];
+    }
+    let mut cut = encoded.clone();
+    if let Some(Some(b)) = cut.get_mut(1) {
+        b.truncate(b.len() - 1);
+    }
+    let decoded = codec.decode(&stale, cut).expect("decode from parity");
+    assert_eq!(decoded.data, data);
+    assert_eq!(decoded.bad_shards, vec![0, 1]);
+
+    // What verification trusts the holder for: a payload bit flipped
+    // after its holder checked it is not found here (the hash is not
+    // recomputed), while the unverified path finds it.
+    let mut flipped = encoded;
+    if let Some(Some(b)) = flipped.get_mut(2) {
+        let last = b.len() - 1;
+        b[last] ^= 1;
+    }
+    let trusting = codec.decode(&verified, flipped.clone()).expect("decode");
+    assert!(trusting.bad_shards.is_empty());
+    let checking = codec
+        .decode(&expectation(key, &segment, true), flipped)
+        .expect("decode from parity");
+    assert_eq!(checking.bad_shards, vec![2]);
+    assert_eq!(checking.data, data);
 }

@@ -290,7 +290,16 @@ async fn read_segment_with(
         index: seg.index,
         data_len: seg.data_len,
         shard_blake3: Some(seg.shards.iter().map(|s| s.blake3).collect()),
+        // Set at decode time: see `unverified_transit`.
+        payloads_verified: false,
     };
+    // Storage nodes verify every shard they read. One handed over in this
+    // process or over TLS is not hashed again here (that was a third pass
+    // over every byte; the instance's own blake3 is still checked at the
+    // end, and each sealed chunk's tag on opening); one that crossed a
+    // plaintext link is.
+    let tls = gw.config.transport.is_tls();
+    let mut unverified_transit = false;
     let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
     let mut good = 0usize;
     let mut failures: Vec<String> = Vec::new();
@@ -363,6 +372,9 @@ async fn read_segment_with(
                     };
                     match r {
                         Ok(bytes) if got[usize::from(shard)].is_none() => {
+                            if !tls && gw.config.local_shards.get(node).is_none() {
+                                unverified_transit = true;
+                            }
                             got[usize::from(shard)] = Some(Vec::from(bytes));
                             good += 1;
                         }
@@ -403,7 +415,10 @@ async fn read_segment_with(
         // gateway's own check are excluded and the segment fetched again
         // from the remaining holders: rare, so simple.
         let params = manifest.ec;
-        let expect = expectation.clone();
+        let expect = SegmentExpectation {
+            payloads_verified: !unverified_transit,
+            ..expectation.clone()
+        };
         let shards = std::mem::replace(&mut got, vec![None; n]);
         good = 0;
         let decoded = tokio::task::spawn_blocking(move || {

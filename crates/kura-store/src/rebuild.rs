@@ -124,6 +124,7 @@ fn check(req: pb::RebuildShardsRequest) -> Result<Plan, StoreError> {
             index: req.segment,
             data_len: req.data_len,
             shard_blake3: Some(blake3s.clone()),
+            payloads_verified: false,
         },
         blake3s,
         want,
