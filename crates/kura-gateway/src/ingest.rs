@@ -30,7 +30,7 @@ use futures::stream::FuturesOrdered;
 use kura_dicom::{DicomError, Identity};
 use kura_erasure::{EcParams, EncodedSegment, ObjectEncoder, ObjectKey};
 use kura_placement::{
-    MANIFEST_FORMAT_VERSION, Manifest, Placer, Protection, Sealing, SegmentManifest, ShardLocation,
+    MANIFEST_FORMAT_VERSION, Manifest, Placer, Protection, SegmentManifest, ShardLocation,
     protection_of,
 };
 use kura_proto::meta::{Applied, Command, Rejected};
@@ -421,29 +421,23 @@ async fn receive(
         return Err(e);
     }
     let keys = &gw.config.keys;
-    let key_version = keys.current();
     let secrets = Secrets {
         data_key,
         plain_blake3,
         patient_id: identity.patient_id,
     };
-    let sealed = keys
-        .wrap(
-            key_version,
-            &kura_seal::WrapContext {
-                tenant: &header.tenant,
-                sop_instance_uid: &uid,
-                object_key: &object_key,
-            },
-            &secrets,
-        )
-        .and_then(|w| {
-            Ok((
-                w,
-                keys.fingerprint(key_version, &header.tenant, &plain_blake3)?,
-            ))
-        });
-    let (wrapped, fingerprint) = match sealed {
+    let sealed = crate::seal::seal_secrets(
+        keys,
+        keys.current(),
+        &kura_seal::WrapContext {
+            tenant: &header.tenant,
+            sop_instance_uid: &uid,
+            object_key: &object_key,
+        },
+        &secrets,
+        plain_size,
+    );
+    let (sealing, fingerprint) = match sealed {
         Ok(s) => s,
         Err(e) => {
             pipeline.abandon();
@@ -472,13 +466,7 @@ async fn receive(
         study_date: identity.study_date,
         size: sealed_size,
         fingerprint,
-        sealing: Sealing {
-            scheme: kura_seal::SCHEME,
-            key_version,
-            salt: wrapped.salt,
-            wrapped: wrapped.bytes,
-            plain_size,
-        },
+        sealing,
         object_key,
         ec: pipeline.state.profile,
         segments,

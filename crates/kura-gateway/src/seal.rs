@@ -41,6 +41,28 @@ pub(crate) async fn open_fresh(
     Ok((fresh, secrets))
 }
 
+/// `secrets` sealed for the instance `ctx` names under cluster key
+/// `version`: the manifest's `sealing` and its content fingerprint (what a
+/// store records, and what a rotation replaces).
+pub(crate) fn seal_secrets(
+    keys: &Keyring,
+    version: u32,
+    ctx: &kura_seal::WrapContext<'_>,
+    secrets: &Secrets,
+    plain_size: u64,
+) -> Result<(kura_placement::Sealing, [u8; 32]), SealError> {
+    let wrapped = keys.wrap(version, ctx, secrets)?;
+    let fingerprint = keys.fingerprint(version, ctx.tenant, &secrets.plain_blake3)?;
+    let sealing = kura_placement::Sealing {
+        scheme: kura_seal::SCHEME,
+        key_version: version,
+        salt: wrapped.salt,
+        wrapped: wrapped.bytes,
+        plain_size,
+    };
+    Ok((sealing, fingerprint))
+}
+
 /// The content fingerprint of an instance whose blake3 is `plain_blake3`,
 /// comparable with `m`'s (same tenant, same key version).
 pub(crate) fn fingerprint_like(
@@ -257,15 +279,14 @@ async fn rewrap(inner: &Arc<crate::server::Inner>, mut m: Manifest, target: u32)
             Ok(s) => s,
             Err(e) => return Rewrapped::Failed(e.to_string()),
         };
-        let sealed = keys
-            .wrap(target, &m.wrap_context(), &secrets)
-            .and_then(|w| {
-                Ok((
-                    w,
-                    keys.fingerprint(target, &m.tenant, &secrets.plain_blake3)?,
-                ))
-            });
-        let (wrapped, fingerprint) = match sealed {
+        let sealed = seal_secrets(
+            keys,
+            target,
+            &m.wrap_context(),
+            &secrets,
+            m.sealing.plain_size,
+        );
+        let (sealing, fingerprint) = match sealed {
             Ok(s) => s,
             Err(e) => return Rewrapped::Failed(e.to_string()),
         };
@@ -273,13 +294,7 @@ async fn rewrap(inner: &Arc<crate::server::Inner>, mut m: Manifest, target: u32)
             tenant: m.tenant.clone(),
             sop_instance_uid: m.sop_instance_uid.clone(),
             expected_version: m.version,
-            sealing: kura_placement::Sealing {
-                scheme: m.sealing.scheme,
-                key_version: target,
-                salt: wrapped.salt,
-                wrapped: wrapped.bytes,
-                plain_size: m.sealing.plain_size,
-            },
+            sealing,
             fingerprint,
         };
         match inner
