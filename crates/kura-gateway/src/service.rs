@@ -146,18 +146,23 @@ impl ArchiveService {
         uid: &str,
         span: &tracing::Span,
     ) -> Result<Arc<Manifest>, GatewayError> {
+        let authorized = self
+            .inner
+            .gate
+            .authorize(request, rpc, &[ClientRole::Reader]);
         let (r, audited) = self
-            .read_manifest_audit_queued(request, rpc, tenant, uid, span)
+            .read_manifest_audit_queued(authorized, rpc, tenant, uid, span)
             .await;
         audited.await;
         r
     }
 
-    /// [`Self::read_manifest`], with the audit entry queued but not yet
+    /// [`Self::read_manifest`] for a caller already authorized (`authorized`:
+    /// the caller and the verdict), with the audit entry queued but not yet
     /// waited for: the caller awaits the future before it answers.
-    async fn read_manifest_audit_queued<T>(
+    async fn read_manifest_audit_queued(
         &self,
-        request: &Request<T>,
+        authorized: (Caller, Result<(), GatewayError>),
         rpc: &'static str,
         tenant: &str,
         uid: &str,
@@ -166,10 +171,7 @@ impl ArchiveService {
         Result<Arc<Manifest>, GatewayError>,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let (caller, verdict) = self
-            .inner
-            .gate
-            .authorize(request, rpc, &[ClientRole::Reader]);
+        let (caller, verdict) = authorized;
         let r = async {
             let tenant = resolve(&caller, verdict, tenant)?;
             self.manifest(&tenant, uid).await
@@ -336,20 +338,18 @@ impl Archive for ArchiveService {
         request: Request<RetrieveRequest>,
     ) -> Result<Response<Self::RetrieveStream>, Status> {
         let started = Instant::now();
-        let admitted = {
-            let (caller, _) =
-                self.inner
-                    .gate
-                    .authorize(&request, "Retrieve", &[ClientRole::Reader]);
-            self.admit(&caller, "Retrieve", started)?
-        };
+        let authorized = self
+            .inner
+            .gate
+            .authorize(&request, "Retrieve", &[ClientRole::Reader]);
+        let admitted = self.admit(&authorized.0, "Retrieve", started)?;
         let req = request.get_ref();
         let span = tracing::info_span!("Retrieve", tenant = %req.tenant, sop_instance_uid = %req.sop_instance_uid);
         // The audit entry commits while the bytes are read and streamed;
         // the last chunk waits for it (as a refusal's answer does).
         let (r, audited) = self
             .read_manifest_audit_queued(
-                &request,
+                authorized,
                 "Retrieve",
                 &req.tenant,
                 &req.sop_instance_uid,
