@@ -25,15 +25,15 @@ pub struct AuditService {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// Whether `e` passes the query's filters.
-fn matches(q: &pb::AuditQueryRequest, tenant: Option<&str>, e: &AuditEntry) -> bool {
+/// Whether `e` passes the query's filters but the Patient ID's (which
+/// needs the entry's sealed Patient ID opened: done only for these).
+fn matches_but_patient(q: &pb::AuditQueryRequest, tenant: Option<&str>, e: &AuditEntry) -> bool {
     let r = &e.record;
     tenant.is_none_or(|t| t == r.tenant)
         && (q.tenant.is_empty() || q.tenant == r.tenant)
         && (q.since_unix_ms == 0 || r.time_unix_ms >= q.since_unix_ms)
         && (q.until_unix_ms == 0 || r.time_unix_ms <= q.until_unix_ms)
         && (q.uid.is_empty() || q.uid == r.sop_instance_uid || q.uid == r.study_instance_uid)
-        && (q.patient_id.is_empty() || q.patient_id == r.patient_id)
 }
 
 /// Opens the entry's sealed Patient ID in place (auditors read it in the
@@ -141,11 +141,12 @@ impl Audit for AuditService {
                 let keys = &inner.config.keys;
                 for e in entries
                     .into_iter()
+                    .filter(|e| matches_but_patient(&q, tenant.as_deref(), e))
                     .map(|mut e| {
                         open_patient(keys, &mut e);
                         e
                     })
-                    .filter(|e| matches(&q, tenant.as_deref(), e))
+                    .filter(|e| q.patient_id.is_empty() || q.patient_id == e.record.patient_id)
                 {
                     if tx.send(Ok(entry_proto(&e))).await.is_err() {
                         return;
