@@ -132,20 +132,7 @@ impl DevConfig {
             detail,
         };
         if !path.exists() {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let line = kura_seal::generate_key_line(1).map_err(|e| fail(e.to_string()))?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| fail(e.to_string()))?;
-            writeln!(
-                f,
-                "# kura cluster keys (dev cluster): \"<version> <64 hex digits>\" per line\n{line}"
-            )
-            .map_err(|e| fail(e.to_string()))?;
+            kura_seal::add_key_version(&path).map_err(|e| fail(e.to_string()))?;
         }
         kura_seal::Keyring::from_file(&path)
             .map(std::sync::Arc::new)

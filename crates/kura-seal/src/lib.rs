@@ -85,6 +85,13 @@ pub enum SealError {
         "cluster key file {path} may be read by any user (mode {mode:o}): `chmod 600 {path}` (or 640 for a group)"
     )]
     KeyFileExposed { path: String, mode: u32 },
+    #[error("cannot write the cluster key file {path}: {source}")]
+    KeyFileWrite {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the cluster key file {path} already holds the last version there is")]
+    KeyVersionsExhausted { path: String },
     #[error("cluster key version {version} is not in this gateway's key file (it has {have})")]
     UnknownKeyVersion { version: u32, have: String },
     #[error(
@@ -142,6 +149,60 @@ pub fn random_salt() -> Result<[u8; KEY_LEN], SealError> {
 pub fn generate_key_line(version: u32) -> Result<String, SealError> {
     let key = random::<KEY_LEN>()?;
     Ok(format!("{version} {}", hex::encode(&key[..])))
+}
+
+/// Adds a fresh random key to the key file at `path` under the next
+/// version (1 for a new file, created readable by its owner only, with a
+/// comment saying what it is), syncs it and reads it back; answers the
+/// version added.
+pub fn add_key_version(path: &Path) -> Result<u32, SealError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display().to_string();
+    let existing = if path.exists() {
+        Some(Keyring::from_file(path)?)
+    } else {
+        None
+    };
+    let version = match &existing {
+        Some(k) => k
+            .current()
+            .checked_add(1)
+            .ok_or_else(|| SealError::KeyVersionsExhausted {
+                path: shown.clone(),
+            })?,
+        None => 1,
+    };
+    let line = generate_key_line(version)?;
+    let write_err = |source| SealError::KeyFileWrite {
+        path: shown.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(write_err)?;
+    if existing.is_none() {
+        writeln!(
+            f,
+            "# Kura cluster keys: \"<version> <64 hex digits>\" per line; the highest version seals\n\
+             # new instances. Gateways only: never give this file to storage nodes or voters."
+        )
+        .map_err(write_err)?;
+    }
+    writeln!(f, "{line}").map_err(write_err)?;
+    f.sync_all().map_err(write_err)?;
+    drop(f);
+    if Keyring::from_file(path)?.current() != version {
+        return Err(SealError::KeyFileInvalid {
+            path: shown,
+            line: 0,
+            reason: format!("version {version} did not read back as the newest"),
+        });
+    }
+    Ok(version)
 }
 
 /// The versioned cluster keys a gateway holds.

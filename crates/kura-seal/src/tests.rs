@@ -314,3 +314,25 @@ fn sealed_fields_open_only_in_their_context() {
         Err(SealError::FieldTooLong(_))
     ));
 }
+
+#[test]
+fn key_versions_are_added_to_a_file_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.keys");
+    assert_eq!(add_key_version(&path).unwrap(), 1);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(add_key_version(&path).unwrap(), 2);
+    let keys = Keyring::from_file(&path).unwrap();
+    assert_eq!((keys.versions(), keys.current()), (vec![1, 2], 2));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("# Kura cluster keys"), "{text}");
+    // A file that is not a key file is left alone.
+    std::fs::write(&path, "1 abc\n").unwrap();
+    assert!(matches!(
+        add_key_version(&path),
+        Err(SealError::KeyFileInvalid { .. })
+    ));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "1 abc\n");
+}

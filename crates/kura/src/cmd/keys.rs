@@ -13,12 +13,9 @@
 //! instances' data keys; once `kura admin keys status` shows no instance
 //! under an old version, delete that line from every copy of the file.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use kura_seal::Keyring;
 use serde_json::json;
@@ -56,43 +53,8 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
-    let existing = if a.file.exists() {
-        Some(Keyring::from_file(&a.file)?)
-    } else {
-        None
-    };
-    let version = match &existing {
-        Some(k) => k
-            .current()
-            .checked_add(1)
-            .context("the key file already holds version 4294967295")?,
-        None => 1,
-    };
-    let line = kura_seal::generate_key_line(version)?;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(&a.file)
-        .with_context(|| format!("open {}", a.file.display()))?;
-    if existing.is_none() {
-        writeln!(
-            f,
-            "# Kura cluster keys: \"<version> <64 hex digits>\" per line; the highest version seals\n\
-             # new instances. Gateways only: never give this file to storage nodes or voters."
-        )?;
-    }
-    writeln!(f, "{line}")?;
-    f.sync_all()?;
-    drop(f);
-    // Check what was written reads back.
+    let version = kura_seal::add_key_version(&a.file)?;
     let keys = Keyring::from_file(&a.file)?;
-    if keys.current() != version {
-        bail!(
-            "{} did not read back with version {version}",
-            a.file.display()
-        );
-    }
     if a.json {
         println!(
             "{}",
