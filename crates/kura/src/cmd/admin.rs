@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crate::cmd::client::Channel;
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kura_proto::v1::admin_client::AdminClient;
 use kura_proto::v1::archive_client::ArchiveClient;
 use kura_proto::v1::{
@@ -248,18 +247,11 @@ async fn run_async(command: AdminCommand) -> anyhow::Result<ExitCode> {
             if no_wait || held == 0 {
                 return finish_drain(&s, node, connect.json);
             }
-            let bar = if connect.json || !io::stderr().is_terminal() {
-                ProgressBar::with_draw_target(Some(held), ProgressDrawTarget::hidden())
-            } else {
-                let b = ProgressBar::new(held);
-                b.set_style(
-                    ProgressStyle::with_template(
-                        "draining node {msg} [{bar:30}] {pos}/{len} instances moved, eta {eta}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                b
-            };
+            let bar = crate::cmd::progress_bar(
+                held,
+                connect.json,
+                "draining node {msg} [{bar:30}] {pos}/{len} instances moved, eta {eta}",
+            );
             bar.set_message(node.to_string());
             let started = Instant::now();
             let mut last = s;
@@ -814,18 +806,11 @@ async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
                 .filter(|v| v.version != status.current)
                 .map(|v| v.instances)
                 .sum();
-            let bar = if connect.json || !io::stderr().is_terminal() {
-                ProgressBar::with_draw_target(Some(todo), ProgressDrawTarget::hidden())
-            } else {
-                let b = ProgressBar::new(todo);
-                b.set_style(
-                    ProgressStyle::with_template(
-                        "re-wrapping under key version {msg} [{bar:30}] {pos}/{len} instances, eta {eta}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                b
-            };
+            let bar = crate::cmd::progress_bar(
+                todo,
+                connect.json,
+                "re-wrapping under key version {msg} [{bar:30}] {pos}/{len} instances, eta {eta}",
+            );
             bar.set_message(status.current.to_string());
             let (mut rewrapped, mut gone, mut failed) = (0u64, 0u64, 0u64);
             let mut first_error = String::new();

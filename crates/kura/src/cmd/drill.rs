@@ -851,16 +851,11 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             .map(|i| all[i].clone())
             .collect()
     };
-    let bar = if a.json {
-        ProgressBar::with_draw_target(Some(chosen.len() as u64), ProgressDrawTarget::hidden())
-    } else {
-        let b = ProgressBar::new(chosen.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template("verifying [{bar:30}] {pos}/{len} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = crate::cmd::progress_bar(
+        chosen.len() as u64,
+        a.json,
+        "verifying [{bar:30}] {pos}/{len} eta {eta}",
+    );
     let mut bad = Vec::new();
     let mut bytes = 0u64;
     for (sop, want, size) in &chosen {
