@@ -223,23 +223,11 @@ impl Gate {
             .record_later(audit_record(&self.keys, caller, action, touched, code));
     }
 
-    /// As [`Gate::record`], waiting at most `wait` for the commit (reads,
-    /// which must not wait for an election): an entry not committed by
-    /// then stays queued and is committed once a leader is back.
-    pub async fn record_read(
-        &self,
-        caller: &Caller,
-        action: &str,
-        touched: Touched,
-        code: tonic::Code,
-        wait: std::time::Duration,
-    ) {
-        self.queue_read(caller, action, touched, code, wait).await
-    }
-
     /// Queues a read's audit record now; the answer waits at most `wait`
-    /// for its commit. A Retrieve streams its bytes meanwhile and awaits
-    /// this before its last chunk.
+    /// for its commit (reads must not wait for an election: an entry not
+    /// committed by then stays queued and is committed once a leader is
+    /// back). A Retrieve streams its bytes meanwhile and awaits this
+    /// before its last chunk.
     pub fn queue_read(
         &self,
         caller: &Caller,
