@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod corruption;
+mod crash;
 mod harness;
 mod lifecycle;
 mod media_errors;
