@@ -11,6 +11,11 @@
 //! - [`check_layout`] / [`tolerance`]: whether a cluster map can hold a profile
 //!   at all, and what it survives ("one site + 1 node").
 //! - [`read_plan`]: which holders a reader asks first (data shards, same site).
+//! - [`read_verdict`]: whether a read that got too few shards met lost data
+//!   (DATA_LOSS) or only holders out of reach (UNAVAILABLE), from typed
+//!   [`ShardFault`]s.
+//! - [`WriteQuorum`]: when a segment's shard writes are enough to
+//!   acknowledge, and how long the slower ones get after that.
 //! - [`repair_plan`]: which shards to rebuild or move, and onto which nodes.
 //!
 //! Everything here fails only on bad input, with a [`PlacementError`] that
@@ -31,6 +36,7 @@ mod survival;
 mod tests;
 #[cfg(test)]
 mod testutil;
+mod write;
 
 pub use error::PlacementError;
 pub use layout::{Tolerance, check_layout, tolerance};
@@ -39,7 +45,8 @@ pub use manifest::{
 };
 pub use map::{ClusterMap, NAME_BYTES_MAX, NODE_FULL_PERCENT, NodeId, NodeInfo, NodeState, Site};
 pub use placement::{Placement, Placer, place_segment, protection_of};
-pub use plan::{ReadPlan, read_plan};
+pub use plan::{ReadPlan, ReadVerdict, ShardFault, read_plan, read_verdict};
 pub use profile::{Profile, ProfileExt};
 pub use repair::{RepairPlan, RepairReason, SegmentRepair, ShardRepair, repair_plan};
 pub use survival::{BadShards, Survival, critical_sites, readable_now, readable_without, survival};
+pub use write::{STRAGGLER_GRACE_MIN, WriteQuorum, WriteShort};

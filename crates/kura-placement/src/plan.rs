@@ -6,8 +6,14 @@
 //! Data shards come first: the code is systematic, so k good data shards are
 //! the segment's bytes with no decoding. Among equals, holders in the
 //! reader's own site come before remote ones, and `Up` before `Draining`.
-//! Unplaced shards and holders that cannot serve reads (`Down`, `Lost`,
-//! `Removed`, or unknown to the map) are left out.
+//! Unplaced shards and holders that cannot serve reads (`Lost`, `Removed`,
+//! or unknown to the map) are left out; `Down` holders come last of all
+//! (`last_resort`), since failure detection can be wrong and a shard that
+//! answers beats an UNAVAILABLE.
+//!
+//! When a read gets fewer than k good shards, [`read_verdict`] says whether
+//! the segment is lost (DATA_LOSS) or only out of reach (UNAVAILABLE), from
+//! the map and the typed faults the read met ([`ShardFault`]).
 
 use crate::manifest::SegmentManifest;
 use crate::map::{ClusterMap, NodeId, NodeState};
@@ -20,6 +26,9 @@ pub struct ReadPlan {
     /// The other readable holders, best first, for shards of `primary` that
     /// fail.
     pub fallback: Vec<(u8, NodeId)>,
+    /// Holders the map calls `Down`, for shards no readable holder has:
+    /// asked only after every other.
+    pub last_resort: Vec<(u8, NodeId)>,
     /// k: how many good shards decode the segment.
     pub needed: u8,
 }
@@ -39,6 +48,80 @@ impl ReadPlan {
     /// Every readable holder, primary first.
     pub fn holders(&self) -> impl Iterator<Item = (u8, NodeId)> + '_ {
         self.primary.iter().chain(&self.fallback).copied()
+    }
+
+    /// Every holder worth asking, in order: the readable ones, then the
+    /// last resort.
+    pub fn candidates(&self) -> impl Iterator<Item = (u8, NodeId)> + '_ {
+        self.holders().chain(self.last_resort.iter().copied())
+    }
+}
+
+/// Why one shard could not be used by a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShardFault {
+    /// Its bytes are bad: the holder reported the shard corrupt, or it
+    /// failed the reader's own check. That copy counts as gone.
+    Damaged,
+    /// The holder did not answer, or failed in a way that says nothing
+    /// about the bytes (unreachable, timed out, overloaded).
+    Unreachable,
+    /// The holder says it has no such shard. Not counted as gone: the
+    /// shard may have moved since the manifest the reader holds (the
+    /// gateway re-reads the manifest from the leader before answering).
+    Missing,
+}
+
+/// What a read that got fewer than k good shards tells the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadVerdict {
+    /// Fewer than k shards of the segment can still exist anywhere: the
+    /// data is lost (DATA_LOSS).
+    Lost {
+        /// Shards that may still be good.
+        remaining: usize,
+    },
+    /// Enough shards may exist but their holders are out of reach now
+    /// (UNAVAILABLE: retry).
+    Unavailable {
+        /// Shards that may still be good.
+        remaining: usize,
+    },
+}
+
+/// Judges a read of `segment` that could not gather k good shards, from
+/// the faults it met (`(shard index, fault)`, in any order, repeats
+/// allowed). A shard may still be good when it is placed on a node the
+/// map does not count as lost and no read found it [`ShardFault::Damaged`].
+pub fn read_verdict(
+    map: &ClusterMap,
+    segment: &SegmentManifest,
+    k: u8,
+    faults: &[(u8, ShardFault)],
+) -> ReadVerdict {
+    let damaged = |index: u8| {
+        faults
+            .iter()
+            .any(|&(i, f)| i == index && f == ShardFault::Damaged)
+    };
+    let mut possible: Vec<u8> = segment
+        .shards
+        .iter()
+        .filter(|s| {
+            s.node
+                .and_then(|n| map.node(n))
+                .is_some_and(|n| !n.state.shards_lost())
+                && !damaged(s.index)
+        })
+        .map(|s| s.index)
+        .collect();
+    possible.sort_unstable();
+    possible.dedup();
+    let remaining = possible.len();
+    if remaining < usize::from(k) {
+        ReadVerdict::Lost { remaining }
+    } else {
+        ReadVerdict::Unavailable { remaining }
     }
 }
 
@@ -70,9 +153,23 @@ pub fn read_plan(
         .map(|(_, _, _, index, node)| (index, node))
         .collect();
     let fallback = holders.split_off(holders.len().min(usize::from(k)));
+    let mut last_resort: Vec<(u8, NodeId)> = Vec::new();
+    for shard in &segment.shards {
+        if let Some(node) = shard.node
+            && map.node(node).is_some_and(|n| n.state == NodeState::Down)
+            && !holders
+                .iter()
+                .chain(&fallback)
+                .chain(&last_resort)
+                .any(|&(i, _)| i == shard.index)
+        {
+            last_resort.push((shard.index, node));
+        }
+    }
     ReadPlan {
         primary: holders,
         fallback,
+        last_resort,
         needed: k,
     }
 }
@@ -148,6 +245,41 @@ mod tests {
         let plan = read_plan(&map, &all_placed(), 3, Some("b"));
         assert_eq!(plan.fallback, [(4, id(0, 2))]);
         assert_eq!(plan.primary[2], (3, id(1, 1)));
+        // The Down holder's shard is asked last of all.
+        assert_eq!(plan.last_resort, [(1, id(1, 0))]);
+        assert_eq!(plan.candidates().last(), Some((1, id(1, 0))));
+    }
+
+    #[test]
+    fn verdicts_count_what_may_still_exist() {
+        let map = map_of(&[3, 3])
+            .with_node_state(id(1, 0), NodeState::Down)
+            .unwrap()
+            .with_node_state(id(0, 1), NodeState::Lost)
+            .unwrap();
+        let seg = all_placed();
+        // Shard 1 is on a Down node (may come back), shard 2 on a Lost one.
+        assert_eq!(
+            read_verdict(&map, &seg, 3, &[(1, ShardFault::Unreachable)]),
+            ReadVerdict::Unavailable { remaining: 4 }
+        );
+        // Two damaged copies (one reported twice) leave 2 of the 3 needed.
+        let faults = [
+            (0, ShardFault::Damaged),
+            (3, ShardFault::Damaged),
+            (0, ShardFault::Damaged),
+            (4, ShardFault::Missing),
+        ];
+        assert_eq!(
+            read_verdict(&map, &seg, 3, &faults),
+            ReadVerdict::Lost { remaining: 2 }
+        );
+        // Missing and unreachable copies are not counted as gone.
+        let faults = [(0, ShardFault::Missing), (3, ShardFault::Unreachable)];
+        assert_eq!(
+            read_verdict(&map, &seg, 3, &faults),
+            ReadVerdict::Unavailable { remaining: 4 }
+        );
     }
 
     #[test]
@@ -184,6 +316,6 @@ mod tests {
         let plan = read_plan(&map, &seg, 3, Some("a"));
         assert!(!plan.is_readable());
         assert_eq!(plan.primary, [(3, id(1, 1))]);
-        assert!(plan.fallback.is_empty());
+        assert!(plan.fallback.is_empty() && plan.last_resort.is_empty());
     }
 }

@@ -11,7 +11,7 @@ use crate::layout::{Tolerance, check_layout, tolerance};
 use crate::manifest::Protection;
 use crate::map::{ClusterMap, NodeId, NodeState, Site};
 use crate::placement::{Placer, place_segment};
-use crate::plan::read_plan;
+use crate::plan::{ReadVerdict, ShardFault, read_plan, read_verdict};
 use crate::profile::{Profile, ProfileExt};
 use crate::repair::{RepairReason, repair_plan};
 use crate::testutil::{id, node, placed_manifest, rs, site_name};
@@ -338,6 +338,66 @@ proptest! {
         let remote = |n: NodeId| map.site_of(n) != Some(local.as_str());
         let data: Vec<bool> = plan.primary.iter().filter(|(i, _)| *i < 3).map(|&(_, n)| remote(n)).collect();
         prop_assert!(data.windows(2).all(|w| w[0] <= w[1]), "remote before local: {:?}", plan);
+    }
+
+    #[test]
+    fn down_holders_come_last_and_verdicts_follow_damage(
+        sites in arb_sites(),
+        states in prop::collection::vec(arb_state(), 40),
+        faults in prop::collection::vec((0u8..5, 0u8..3), 0..12),
+        key in any::<[u8; 32]>(),
+    ) {
+        let profile = rs(3, 2);
+        let written = build_map(&all_up(&sites));
+        if Placer::new(&written, &profile).is_err() {
+            return Ok(());
+        }
+        let segment = placed_manifest(&written, &profile, 1000, key).segments[0].clone();
+        let mut map = written.clone();
+        for (n, state) in map.nodes.values_mut().zip(&states) {
+            n.state = *state;
+        }
+        let plan = read_plan(&map, &segment, 3, None);
+        // Candidates: every shard on a readable or Down holder, once, with
+        // the Down ones after all others.
+        let state_of = |n: NodeId| map.node(n).unwrap().state;
+        let mut askable: Vec<(u8, NodeId)> = segment.shards.iter()
+            .filter_map(|s| s.node.filter(|&n| state_of(n).readable() || state_of(n) == NodeState::Down).map(|n| (s.index, n)))
+            .collect();
+        askable.sort_unstable();
+        let candidates: Vec<(u8, NodeId)> = plan.candidates().collect();
+        let mut sorted = candidates.clone();
+        sorted.sort_unstable();
+        prop_assert_eq!(sorted, askable);
+        let first_down = candidates.iter().position(|&(_, n)| state_of(n) == NodeState::Down);
+        if let Some(at) = first_down {
+            prop_assert!(candidates[at..].iter().all(|&(_, n)| state_of(n) == NodeState::Down));
+        }
+
+        let faults: Vec<(u8, ShardFault)> = faults.into_iter().map(|(i, f)| (i, match f {
+            0 => ShardFault::Damaged,
+            1 => ShardFault::Unreachable,
+            _ => ShardFault::Missing,
+        })).collect();
+        let remaining = |v: ReadVerdict| match v {
+            ReadVerdict::Lost { remaining } | ReadVerdict::Unavailable { remaining } => remaining,
+        };
+        let verdict = read_verdict(&map, &segment, 3, &faults);
+        // Lost exactly when fewer than k may remain.
+        prop_assert_eq!(matches!(verdict, ReadVerdict::Lost { .. }), remaining(verdict) < 3);
+        // Only damage counts: without the Damaged faults the verdict is the
+        // no-fault one, and damage never adds a shard.
+        let undamaged: Vec<(u8, ShardFault)> = faults.iter().copied().filter(|f| f.1 != ShardFault::Damaged).collect();
+        let clean = read_verdict(&map, &segment, 3, &[]);
+        prop_assert_eq!(read_verdict(&map, &segment, 3, &undamaged), clean);
+        prop_assert!(remaining(verdict) <= remaining(clean));
+        let damaged: std::collections::BTreeSet<u8> = faults.iter().filter(|f| f.1 == ShardFault::Damaged).map(|f| f.0).collect();
+        prop_assert!(remaining(verdict) + damaged.len() >= remaining(clean));
+        // With nothing damaged and every holder alive, the answer is never
+        // DATA_LOSS.
+        if segment.shards.iter().all(|s| s.node.is_some_and(|n| !state_of(n).shards_lost())) {
+            prop_assert_eq!(clean, ReadVerdict::Unavailable { remaining: 5 });
+        }
     }
 
     #[test]
