@@ -31,7 +31,7 @@ use kura_dicom::{DicomError, Identity};
 use kura_erasure::{EcParams, EncodedSegment, ObjectEncoder, ObjectKey};
 use kura_placement::{
     MANIFEST_FORMAT_VERSION, Manifest, Placer, Protection, SegmentManifest, ShardLocation,
-    protection_of,
+    WriteQuorum, protection_of,
 };
 use kura_proto::meta::{Applied, Command, Rejected};
 use kura_proto::meta_client::Retry;
@@ -938,13 +938,10 @@ fn another_node(
         .copied()
 }
 
-/// The shortest time stragglers get once k + 1 shards of a segment are
-/// durable (see `write_segment`).
-const STRAGGLER_GRACE_MIN: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Places one segment and writes its shards in parallel. Succeeds when at
-/// least k + 1 shards (k when m is 0) are durable; the others are recorded
-/// as unplaced, which makes the instance under-protected.
+/// Places one segment and writes its shards in parallel. Succeeds when the
+/// write quorum is durable (`kura_placement::WriteQuorum`: k + 1 shards, k
+/// when m is 0); the others get the straggler grace, then are recorded as
+/// unplaced, which makes the instance under-protected.
 async fn write_segment(
     gw: &Arc<Inner>,
     state: &Arc<ClusterState>,
@@ -1011,14 +1008,13 @@ async fn write_segment(
             pending.push(put(i, node));
         }
     }
-    // Once enough shards are durable for the segment to be readable and
-    // to survive one more loss, the others get a short grace, then count
-    // as unplaced (repair places them): a storage node that holds its
-    // connections but never answers (hung, or cut off) must not hold up
-    // every store for a whole call timeout. Found by the chaos suite.
+    // Once the quorum is durable, the others get the straggler grace, then
+    // count as unplaced (repair places them): a storage node that holds
+    // its connections but never answers (hung, or cut off) must not hold
+    // up every store for a whole call timeout. Found by the chaos suite.
     // Before that, a shard whose put failed, or is still unanswered after
     // STALL, goes to another node once.
-    let needed_now = usize::from(ec.data_shards) + usize::from(ec.parity_shards > 0);
+    let quorum = WriteQuorum::of(ec);
     let started = tokio::time::Instant::now();
     let mut holders: Vec<Option<u64>> = vec![None; total];
     let mut replaced = vec![false; total];
@@ -1120,18 +1116,9 @@ async fn write_segment(
         }
         *slot = Some(node);
         durable += 1;
-        if durable >= needed_now && grace_end.is_none() {
-            // Stragglers get three times what the first k + 1 shards took
-            // (a loaded but healthy node keeps up), at least
-            // STRAGGLER_GRACE_MIN, at most the configured grace.
-            let grace = if stalled {
-                // After a stall the stragglers already had their time.
-                STRAGGLER_GRACE_MIN
-            } else {
-                (started.elapsed() * 3)
-                    .max(STRAGGLER_GRACE_MIN)
-                    .min(gw.config.straggler_grace)
-            };
+        if quorum.met(durable) && grace_end.is_none() {
+            let grace =
+                quorum.straggler_grace(started.elapsed(), stalled, gw.config.straggler_grace);
             grace_end = Some(tokio::time::Instant::now() + grace);
         }
         if holders.iter().all(Option::is_some) {
@@ -1157,13 +1144,9 @@ async fn write_segment(
         }
     }
     let placed = holders.iter().flatten().count();
-    let k = usize::from(ec.data_shards);
-    let needed = if ec.parity_shards > 0 { k + 1 } else { k };
-    if placed < needed {
+    if let Err(short) = quorum.check(placed) {
         return Err(GatewayError::Unavailable(format!(
-            "only {placed} of {} shards of segment {} could be written (at least {needed} must be); nothing was stored",
-            ec.total_shards(),
-            seg_index
+            "segment {seg_index}: {short}; nothing was stored"
         )));
     }
     metrics::counter!("kura_gateway_shards_written_total").increment(placed as u64);

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use kura_erasure::{ErasureError, SegmentCodec, SegmentExpectation};
-use kura_placement::{Manifest, read_plan};
+use kura_placement::{Manifest, ReadVerdict, ShardFault, read_plan, read_verdict};
 use kura_proto::shards_client::ShardId;
 use kura_proto::v1::{RetrieveResponse, retrieve_response};
 use tokio::sync::mpsc;
@@ -225,7 +225,15 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
 }
 
 /// A fetch's outcome: the shard index, its holder, the bytes or why not.
-type Fetch = (u8, u64, Result<Bytes, String>);
+type Fetch = (u8, u64, Result<Bytes, (ShardFault, String)>);
+
+/// One shard a segment read could not use.
+struct Failure {
+    shard: u8,
+    node: u64,
+    fault: ShardFault,
+    why: String,
+}
 
 /// Reads segment `index` of `manifest`: its object bytes. When too few
 /// holders answer, the cluster map may be stale (a node came back, or went
@@ -267,24 +275,7 @@ async fn read_segment_with(
     let avoiding = gw.cluster.avoiding_suspects(&state.map);
     let map = avoiding.as_ref().unwrap_or(&state.map);
     let plan = read_plan(map, seg, k, gw.config.site.as_deref());
-    // Holders the map calls `Down` come last: failure detection can be
-    // wrong (a partition between a node and the leader only), and a shard
-    // that answers beats an UNAVAILABLE.
-    let last_resort = |plan: &kura_placement::ReadPlan| -> Vec<(u8, u64)> {
-        let mut all: Vec<(u8, u64)> = plan.holders().collect();
-        for s in &seg.shards {
-            if let Some(node) = s.node
-                && map
-                    .node(node)
-                    .is_some_and(|n| n.state == kura_placement::NodeState::Down)
-                && !all.iter().any(|&(i, _)| i == s.index)
-            {
-                all.push((s.index, node));
-            }
-        }
-        all
-    };
-    let mut candidates = last_resort(&plan).into_iter();
+    let mut candidates = plan.candidates().collect::<Vec<_>>().into_iter();
     let expectation = SegmentExpectation {
         object_key: manifest.object_key,
         index: seg.index,
@@ -302,7 +293,9 @@ async fn read_segment_with(
     let mut unverified_transit = false;
     let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
     let mut good = 0usize;
-    let mut failures: Vec<String> = Vec::new();
+    // What went wrong, shard by shard: the fault decides the verdict, the
+    // text goes into the error for the operator.
+    let mut failures: Vec<Failure> = Vec::new();
     let mut inflight: FuturesUnordered<_> = FuturesUnordered::new();
     let launch = |shard: u8, node: u64| {
         let gw = Arc::clone(gw);
@@ -366,7 +359,7 @@ async fn read_segment_with(
                     let r = match r {
                         Ok(b) if verify_each && !shard_ok(shard, &b) => {
                             report_bad(manifest, seg.index, shard);
-                            Err("failed its check at the gateway".to_string())
+                            Err((ShardFault::Damaged, "failed its check at the gateway".to_string()))
                         }
                         other => other,
                     };
@@ -379,8 +372,8 @@ async fn read_segment_with(
                             good += 1;
                         }
                         Ok(_) => {}
-                        Err(why) => {
-                            failures.push(format!("shard {shard} on node {node}: {why}"));
+                        Err((fault, why)) => {
+                            failures.push(Failure { shard, node, fault, why });
                             if let Some((s, nd)) = candidates.next() {
                                 waiting_on.push(nd);
                                 inflight.push(launch(s, nd));
@@ -446,13 +439,12 @@ async fn read_segment_with(
         }
         attempts += 1;
         if attempts > 2 {
-            failures.push("shards failed their checks at the gateway".into());
             return Err(unreadable(manifest, seg.index, k, state, &failures));
         }
         // Start over with every readable holder, verifying each shard alone
-        // before it counts.
+        // before it counts (a shard that fails is then known by its index).
         verify_each = true;
-        candidates = last_resort(&plan).into_iter();
+        candidates = plan.candidates().collect::<Vec<_>>().into_iter();
         hedged = false;
         waiting_on.clear();
         for _ in 0..usize::from(k) {
@@ -480,7 +472,7 @@ async fn fetch(
     state: &ClusterState,
     node: u64,
     id: &ShardId,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, (ShardFault, String)> {
     let read = match gw.config.local_shards.get(node) {
         // A storage node of this process: read in place, no socket.
         Some(local) => {
@@ -491,11 +483,16 @@ async fn fetch(
                 .map_err(|status| (status.code(), status.to_string()))
         }
         None => {
-            let info = state
-                .map
-                .node(node)
-                .ok_or_else(|| format!("node {node} is not in the cluster map"))?;
-            let client = gw.cluster.client(info).map_err(|e| e.to_string())?;
+            let info = state.map.node(node).ok_or_else(|| {
+                (
+                    ShardFault::Unreachable,
+                    format!("node {node} is not in the cluster map"),
+                )
+            })?;
+            let client = gw
+                .cluster
+                .client(info)
+                .map_err(|e| (ShardFault::Unreachable, e.to_string()))?;
             client
                 .get_shard(id, None)
                 .await
@@ -522,48 +519,46 @@ async fn fetch(
             } else {
                 tracing::debug!(shard = %id, node, error = %e, "shard read failed; reading another");
             }
-            Err(if corrupt { format!("corrupt: {e}") } else { e })
+            let fault = match code {
+                tonic::Code::DataLoss => ShardFault::Damaged,
+                tonic::Code::NotFound => ShardFault::Missing,
+                _ => ShardFault::Unreachable,
+            };
+            Err((fault, e))
         }
     }
 }
 
 /// The error for a segment that could not be read: DATA_LOSS if fewer than
 /// k shards can still exist, UNAVAILABLE if their holders are only out of
-/// reach for now.
+/// reach for now (`kura_placement::read_verdict` decides).
 fn unreadable(
     manifest: &Manifest,
     segment: u32,
     k: u8,
     state: &ClusterState,
-    failures: &[String],
+    failures: &[Failure],
 ) -> GatewayError {
-    let seg = manifest.segments.get(segment as usize);
-    let possibly_alive = seg
-        .map(|s| {
-            s.shards
-                .iter()
-                .filter(|l| {
-                    l.node
-                        .and_then(|id| state.map.node(id))
-                        .is_some_and(|n| !n.state.shards_lost())
-                })
-                .count()
-        })
-        .unwrap_or(0);
-    let corrupt = failures
+    let faults: Vec<(u8, ShardFault)> = failures.iter().map(|f| (f.shard, f.fault)).collect();
+    let verdict = manifest
+        .segments
+        .get(segment as usize)
+        .map_or(ReadVerdict::Lost { remaining: 0 }, |seg| {
+            read_verdict(&state.map, seg, k, &faults)
+        });
+    let detail = failures
         .iter()
-        .filter(|f| f.contains("corrupt") || f.contains("check"))
-        .count();
-    let detail = failures.join("; ");
-    if possibly_alive.saturating_sub(corrupt) < usize::from(k) {
-        GatewayError::DataLoss(format!(
-            "segment {segment} of instance {}: fewer than {k} good shards remain ({detail})",
+        .map(|f| format!("shard {} on node {}: {}", f.shard, f.node, f.why))
+        .collect::<Vec<_>>()
+        .join("; ");
+    match verdict {
+        ReadVerdict::Lost { remaining } => GatewayError::DataLoss(format!(
+            "segment {segment} of instance {}: fewer than {k} good shards remain ({remaining}; {detail})",
             manifest.sop_instance_uid
-        ))
-    } else {
-        GatewayError::Unavailable(format!(
+        )),
+        ReadVerdict::Unavailable { .. } => GatewayError::Unavailable(format!(
             "segment {segment} of instance {}: fewer than {k} shard holders answered ({detail}); retry",
             manifest.sop_instance_uid
-        ))
+        )),
     }
 }
