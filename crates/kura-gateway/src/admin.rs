@@ -22,20 +22,10 @@ use crate::auth::{Caller, Touched, admitted, code_of};
 use crate::cluster::{manifest_pages, meta_error};
 use crate::error::GatewayError;
 use crate::repair::RepairStatus;
-use crate::server::Inner;
+pub use crate::state::DrillHook;
+use crate::state::Inner;
 
 pub use tonic::async_trait;
-
-/// How a cluster takes a site out for a drill and brings it back. `kura
-/// dev` provides one (it stops its in-process storage nodes); a cluster of
-/// separate processes has none, and the drill runs the operator's commands.
-#[tonic::async_trait]
-pub trait DrillHook: Send + Sync {
-    /// Stops the site's storage nodes; answers their ids.
-    async fn take_out(&self, site: &str) -> Result<Vec<u64>, String>;
-    /// Starts them again.
-    async fn restore(&self, site: &str) -> Result<Vec<u64>, String>;
-}
 
 /// Instances counted per node in a status answer, at most.
 const HELD_COUNT_MAX: u64 = 100_000;

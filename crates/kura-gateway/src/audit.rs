@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Touched, admitted};
 use crate::cluster::meta_error;
 use crate::error::GatewayError;
-use crate::server::Inner;
+use crate::state::Inner;
 
 /// The Audit API of one gateway.
 pub struct AuditService {

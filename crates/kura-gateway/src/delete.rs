@@ -18,7 +18,7 @@ use kura_proto::meta_client::Retry;
 
 use crate::cluster::meta_error;
 use crate::error::{GatewayError, rfc3339_ms};
-use crate::server::Inner;
+use crate::state::Inner;
 
 fn now_ms() -> i64 {
     kura_proto::audit::now_ms()

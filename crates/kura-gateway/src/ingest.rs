@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::{ClusterState, meta_error};
 use crate::error::{GatewayError, rfc3339_ms};
 use crate::info::instance_info;
-use crate::server::Inner;
+use crate::state::Inner;
 
 /// Segments whose shards are being written at once, per request.
 const WRITES_IN_FLIGHT: usize = 2;
@@ -313,7 +313,13 @@ async fn receive(
     // write-once, so a stale "stored" is true, and a store a stale voter
     // has not seen yet is caught when the manifest is committed
     // (identical: already stored; different: conflict).
-    let existing = crate::manifests::from_any_voter(gw, &header.tenant, &uid).await?;
+    let existing = crate::manifests::from_any_voter(
+        &gw.cluster,
+        gw.config.stale_read_attempt,
+        &header.tenant,
+        &uid,
+    )
+    .await?;
     if let Some(existing) = existing {
         // Hash what arrives; validate it too, so that a broken instance is
         // refused as such even when its UID is taken.
@@ -595,7 +601,9 @@ async fn commit(gw: &Arc<Inner>, written: Box<Written>) -> Result<StoreResponse,
             // under the stored one's.
             delete_shards(gw, &state, &manifest);
             let offered = secrets.plain_blake3;
-            match crate::manifests::from_leader(gw, &manifest.tenant, &sop_instance_uid).await {
+            match crate::manifests::from_leader(&gw.cluster, &manifest.tenant, &sop_instance_uid)
+                .await
+            {
                 Ok(Some(existing))
                     if existing.sealing.plain_size == manifest.sealing.plain_size
                         && crate::seal::fingerprint_like(&gw.config.keys, &existing, &offered)

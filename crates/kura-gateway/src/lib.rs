@@ -29,6 +29,7 @@ pub mod retrieve;
 pub mod seal;
 pub mod server;
 pub mod service;
+mod state;
 pub mod tokens;
 
 pub use admin::DrillHook;

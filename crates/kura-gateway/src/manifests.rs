@@ -21,9 +21,9 @@ use kura_placement::Manifest;
 use kura_proto::meta::{Consistency, Query};
 use lru::LruCache;
 
+use crate::cluster::ClusterView;
 use crate::cluster::meta_error;
 use crate::error::GatewayError;
-use crate::server::Inner;
 
 type Key = (String, String);
 type Entries = LruCache<Key, (Arc<Manifest>, Instant)>;
@@ -100,26 +100,36 @@ impl ManifestCache {
 /// The manifest of `uid` in `tenant` as the leader has it (a
 /// linearizable read); `None` when the instance does not exist there.
 pub(crate) async fn from_leader(
-    gw: &Inner,
+    cluster: &ClusterView,
     tenant: &str,
     uid: &str,
 ) -> Result<Option<Manifest>, GatewayError> {
-    read(gw, tenant, uid, Consistency::Linearizable).await
+    read(
+        cluster,
+        Duration::ZERO,
+        tenant,
+        uid,
+        Consistency::Linearizable,
+    )
+    .await
 }
 
 /// The manifest of `uid` in `tenant` from any voter's applied state (the
 /// one that answered last first): no election in the way, but a store the
-/// voter has not applied yet is missing.
+/// voter has not applied yet is missing. Each voter gets `attempt` before
+/// the next is asked beside it.
 pub(crate) async fn from_any_voter(
-    gw: &Inner,
+    cluster: &ClusterView,
+    attempt: Duration,
     tenant: &str,
     uid: &str,
 ) -> Result<Option<Manifest>, GatewayError> {
-    read(gw, tenant, uid, Consistency::Stale).await
+    read(cluster, attempt, tenant, uid, Consistency::Stale).await
 }
 
 async fn read(
-    gw: &Inner,
+    cluster: &ClusterView,
+    attempt: Duration,
     tenant: &str,
     uid: &str,
     consistency: Consistency,
@@ -129,10 +139,10 @@ async fn read(
         sop_instance_uid: uid.to_string(),
         consistency,
     };
-    let meta = gw.cluster.meta();
+    let meta = cluster.meta();
     let answer = match consistency {
         Consistency::Linearizable => meta.query(&query).await,
-        Consistency::Stale => meta.query_any(&query, gw.config.stale_read_attempt).await,
+        Consistency::Stale => meta.query_any(&query, attempt).await,
     }
     .map_err(meta_error)?;
     Ok(answer.into_manifest()?.map(|m| *m))

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::server::Inner;
+use crate::state::Inner;
 
 /// Histogram buckets (seconds) for every `_seconds` histogram.
 const SECONDS_BUCKETS: &[f64] = &[

@@ -42,124 +42,24 @@ use kura_proto::meta::{
 use kura_proto::meta_client::{MetaClient, Retry};
 use kura_proto::shards_client::{ShardId, ShardState};
 use kura_proto::v1::internal as pb;
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::server::Inner;
-
-/// How repair runs.
-#[derive(Clone, Debug)]
-pub struct RepairConfig {
-    /// Repair traffic (bytes the rebuilding nodes read), per second.
-    pub rate_bytes_per_sec: u64,
-    /// Pause between passes that found nothing to do (a `repair --now`, or
-    /// a map change seen by the pass, wakes it earlier).
-    pub idle_interval: Duration,
-    /// How long one rebuild call may take.
-    pub rebuild_timeout: Duration,
-    /// Manifests fetched per index page.
-    pub page: u32,
-    /// Instances repaired at once (each rebuilds its segments in turn).
-    pub concurrency: usize,
-    /// A moved shard stays on its old holder this long after the new
-    /// holder is recorded, so a read that fetched the older manifest just
-    /// before still finds it.
-    pub delete_moved_after: Duration,
-    /// How long a repair lease on an instance lasts unless renewed.
-    pub lease_ttl: Duration,
-}
-
-impl Default for RepairConfig {
-    fn default() -> Self {
-        Self {
-            rate_bytes_per_sec: 50 * 1024 * 1024,
-            idle_interval: Duration::from_secs(30),
-            rebuild_timeout: Duration::from_secs(120),
-            page: 500,
-            concurrency: 4,
-            delete_moved_after: Duration::from_secs(60),
-            lease_ttl: Duration::from_secs(120),
-        }
-    }
-}
-
-/// What repair is doing, for `kura admin status`, `/repair` and metrics.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct RepairStatus {
-    /// A pass is working through its queue.
-    pub active: bool,
-    pub passes: u64,
-    /// Instances still queued in this pass.
-    pub queue_instances: u64,
-    /// Shards still queued in this pass.
-    pub queue_shards: u64,
-    /// Shard bytes still to rebuild in this pass.
-    pub queue_bytes: u64,
-    /// Seconds until the queue is done at the current pace.
-    pub eta_seconds: Option<f64>,
-    pub rate_bytes_per_sec: u64,
-    /// Totals since this gateway started.
-    pub instances_repaired: u64,
-    pub shards_rebuilt: u64,
-    pub shards_moved: u64,
-    pub damaged_rewritten: u64,
-    pub bytes_written: u64,
-    pub bytes_read: u64,
-    /// Bytes the rebuilding nodes read from another site.
-    pub cross_site_bytes: u64,
-    pub failures: u64,
-    /// Instances skipped because another gateway held their repair lease.
-    pub leased_elsewhere: u64,
-    /// Instances the last pass could not bring to full protection (no free
-    /// node for a shard, too few readable shards).
-    pub waiting: u64,
-    pub last_pass_started_unix_ms: Option<i64>,
-    pub last_pass_seconds: Option<f64>,
-    pub last_error: Option<String>,
-}
-
-struct Shared {
-    status: Mutex<RepairStatus>,
-    wake: Notify,
-    /// The instances this gateway holds a repair lease on, released at
-    /// shutdown so a restarted gateway (or another) takes them up at once.
-    held: Mutex<std::collections::BTreeSet<(String, String)>>,
-}
+use crate::state::{Inner, RepairShared};
+pub use crate::state::{RepairConfig, RepairHandle, RepairStatus};
 
 /// The repair loop of one gateway. Dropping it does not stop the loop;
 /// [`Repairer::stop`] does.
 pub struct Repairer {
-    shared: Arc<Shared>,
+    shared: Arc<RepairShared>,
     task: JoinHandle<()>,
     /// For releasing the leases at [`Repairer::stop`].
     worker: Worker,
 }
 
-/// A handle to ask repair for its status or to start a pass now.
-#[derive(Clone)]
-pub struct RepairHandle {
-    shared: Arc<Shared>,
-}
-
-impl RepairHandle {
-    pub fn status(&self) -> RepairStatus {
-        self.shared
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Starts a pass now (or right after the running one).
-    pub fn wake(&self) {
-        self.shared.wake.notify_one();
-    }
-}
-
 impl Repairer {
     pub(crate) fn start(inner: Arc<Inner>, config: RepairConfig, owner: String) -> Repairer {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(RepairShared {
             status: Mutex::new(RepairStatus {
                 rate_bytes_per_sec: config.rate_bytes_per_sec,
                 ..RepairStatus::default()
@@ -278,7 +178,7 @@ struct Worker {
     inner: Arc<Inner>,
     config: RepairConfig,
     limiter: Arc<tokio::sync::Mutex<RateLimiter>>,
-    shared: Arc<Shared>,
+    shared: Arc<RepairShared>,
     /// The name on this gateway's repair leases.
     owner: Arc<str>,
 }
@@ -680,7 +580,7 @@ impl Worker {
     }
 
     async fn manifest(&self, tenant: &str, uid: &str) -> Result<Option<Manifest>, String> {
-        crate::manifests::from_leader(&self.inner, tenant, uid)
+        crate::manifests::from_leader(&self.inner.cluster, tenant, uid)
             .await
             .map_err(|e| e.to_string())
     }

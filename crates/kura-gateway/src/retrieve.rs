@@ -29,7 +29,7 @@ use tonic::Status;
 use crate::cluster::ClusterState;
 use crate::error::GatewayError;
 use crate::info::instance_info;
-use crate::server::Inner;
+use crate::state::Inner;
 
 /// Segments fetched ahead of the one being streamed.
 pub const READS_AHEAD: usize = 2;
@@ -149,7 +149,7 @@ async fn stream_inner(gw: &Arc<Inner>, manifest: &Arc<Manifest>, tx: &Sink) -> R
                     refreshed = true;
                     let (tenant, uid) = (&manifest.tenant, &manifest.sop_instance_uid);
                     gw.manifests.forget(tenant, uid);
-                    match crate::manifests::from_leader(gw, tenant, uid).await {
+                    match crate::manifests::from_leader(&gw.cluster, tenant, uid).await {
                         Ok(Some(fresh)) if fresh.segments != manifest.segments => {
                             tracing::debug!(
                                 sop_instance_uid = %manifest.sop_instance_uid,

@@ -25,17 +25,18 @@ pub(crate) fn open(keys: &Keyring, m: &Manifest) -> Result<Secrets, GatewayError
 /// a version this gateway lacks is read again from the leader once: a key
 /// rotation may have re-wrapped it since.
 pub(crate) async fn open_fresh(
-    gw: &Arc<crate::server::Inner>,
+    gw: &Arc<crate::state::Inner>,
     m: &Arc<Manifest>,
 ) -> Result<(Arc<Manifest>, Secrets), GatewayError> {
     if gw.config.keys.has(m.sealing.key_version) {
         return Ok((Arc::clone(m), open(&gw.config.keys, m)?));
     }
     gw.manifests.forget(&m.tenant, &m.sop_instance_uid);
-    let fresh = match crate::manifests::from_leader(gw, &m.tenant, &m.sop_instance_uid).await {
-        Ok(Some(fresh)) => Arc::new(fresh),
-        Ok(None) | Err(_) => Arc::clone(m),
-    };
+    let fresh =
+        match crate::manifests::from_leader(&gw.cluster, &m.tenant, &m.sop_instance_uid).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(None) | Err(_) => Arc::clone(m),
+        };
     let secrets = open(&gw.config.keys, &fresh)?;
     gw.manifests.put(Arc::clone(&fresh));
     Ok((fresh, secrets))
@@ -156,7 +157,7 @@ pub async fn verify_keys(
 
 /// Instances per cluster key version, and who holds which version.
 pub(crate) async fn key_status(
-    inner: &crate::server::Inner,
+    inner: &crate::state::Inner,
 ) -> Result<kura_proto::v1::KeyStatusResponse, GatewayError> {
     use kura_proto::meta::{Consistency, Query};
     let (manifests, registered) = inner
@@ -198,7 +199,7 @@ const ROTATE_IN_FLIGHT: usize = 16;
 
 /// One page of key rotation (see `Admin.RotateKeys`).
 pub(crate) async fn rotate_page(
-    inner: &Arc<crate::server::Inner>,
+    inner: &Arc<crate::state::Inner>,
     after: Option<(String, String)>,
     limit: u32,
 ) -> Result<kura_proto::v1::RotateKeysResponse, GatewayError> {
@@ -269,7 +270,7 @@ enum Rewrapped {
 
 /// Re-wraps one manifest's secrets under `target`; on a concurrent change
 /// (repair moved a shard) reads it again, a few times.
-async fn rewrap(inner: &Arc<crate::server::Inner>, mut m: Manifest, target: u32) -> Rewrapped {
+async fn rewrap(inner: &Arc<crate::state::Inner>, mut m: Manifest, target: u32) -> Rewrapped {
     let keys = &inner.config.keys;
     for _ in 0..5 {
         if m.sealing.key_version == target {
@@ -309,7 +310,9 @@ async fn rewrap(inner: &Arc<crate::server::Inner>, mut m: Manifest, target: u32)
             }
             Ok(Err(Rejected::NotFound(_))) => return Rewrapped::Gone,
             Ok(Err(Rejected::VersionMismatch { .. })) | Err(_) => {
-                match crate::manifests::from_leader(inner, &m.tenant, &m.sop_instance_uid).await {
+                match crate::manifests::from_leader(&inner.cluster, &m.tenant, &m.sop_instance_uid)
+                    .await
+                {
                     Ok(Some(fresh)) => m = fresh,
                     Ok(None) => return Rewrapped::Gone,
                     Err(e) => return Rewrapped::Failed(e.to_string()),

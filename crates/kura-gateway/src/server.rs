@@ -12,132 +12,17 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
 
-use crate::admin::{AdminService, DrillHook};
+use crate::admin::AdminService;
 use crate::cluster::ClusterView;
-use crate::repair::{RepairConfig, RepairHandle, Repairer};
+use crate::repair::Repairer;
 use crate::service::ArchiveService;
+pub use crate::state::GatewayConfig;
+use crate::state::{Inner, RepairHandle};
 
 /// Largest gRPC message accepted or sent: a 4 MiB chunk plus framing.
 pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
 /// How long shutdown waits for running requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// What a gateway needs to start.
-#[derive(Clone)]
-pub struct GatewayConfig {
-    /// Metadata voters, `host:port`.
-    pub meta_endpoints: Vec<String>,
-    /// The site this gateway runs in: reads prefer its holders.
-    pub site: Option<String>,
-    /// A Store must have received all its bytes within this time. Storage
-    /// nodes reclaim unreferenced shards only after a longer grace period.
-    pub store_deadline: Duration,
-    /// A shard fetch still running after this gets another holder asked
-    /// (the most a read waits: it hedges sooner, after a few times the
-    /// recent fetch time, see `ClusterView::hedge_after`).
-    pub read_hedge_after: Duration,
-    /// Connect timeout to storage nodes.
-    pub connect_timeout: Duration,
-    /// Timeout of one shard call.
-    pub shard_call_timeout: Duration,
-    /// How long a fetched cluster map is used before it is fetched again.
-    pub map_refresh: Duration,
-    /// Once k + 1 shards of a segment are durable, the longest the
-    /// remaining shard writes may take before they count as unplaced
-    /// (they get three times what the first k + 1 took, at least 300 ms).
-    pub straggler_grace: Duration,
-    /// Run the repair loop in this gateway (`None`: another gateway does).
-    pub repair: Option<RepairConfig>,
-    /// How drills take a site out (`kura dev` only).
-    pub drill: Option<Arc<dyn DrillHook>>,
-    /// TLS (this gateway's node certificate, the cluster's CA) or
-    /// plaintext: for serving the public API (client certificates
-    /// optional there, checked per call) and for calling voters and
-    /// storage nodes.
-    pub transport: kura_auth::Transport,
-    /// How long a read waits for one voter's stale answer (a manifest)
-    /// before it asks the next voter.
-    pub stale_read_attempt: Duration,
-    /// How long Retrieve and Stat wait for their audit entry's commit
-    /// before they answer anyway; the entry stays queued and is committed
-    /// once a leader is back (ARCHITECTURE.md, "Reads without the leader").
-    pub read_audit_wait: Duration,
-    /// Manifests a gateway keeps for reads (0: none), and how long each is
-    /// used (at most half of repair's `delete_moved_after`: see the
-    /// `manifests` module).
-    pub manifest_cache_entries: usize,
-    pub manifest_cache_ttl: Duration,
-    /// Storage nodes running in this process: their shards are read
-    /// directly, not through a socket (see [`kura_proto::local`]).
-    pub local_shards: kura_proto::local::LocalShards,
-    /// The cluster keys instances are sealed under (encryption at rest is
-    /// always on: there is no gateway without keys).
-    pub keys: Arc<kura_seal::Keyring>,
-    /// How long start waits for the metadata cluster to check the keys.
-    pub key_check_wait: Duration,
-    /// What the gateway accepts: sizes, streams in flight, pages, the
-    /// DICOM parser's depth and element count.
-    pub limits: crate::limits::Limits,
-}
-
-impl std::fmt::Debug for GatewayConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewayConfig")
-            .field("meta_endpoints", &self.meta_endpoints)
-            .field("site", &self.site)
-            .field("store_deadline", &self.store_deadline)
-            .field("repair", &self.repair)
-            .field("drill", &self.drill.is_some())
-            .field("tls", &self.transport.is_tls())
-            .field("local_shards", &self.local_shards)
-            .field("keys", &self.keys)
-            .finish_non_exhaustive()
-    }
-}
-
-impl GatewayConfig {
-    pub fn new(
-        meta_endpoints: Vec<String>,
-        transport: kura_auth::Transport,
-        keys: Arc<kura_seal::Keyring>,
-    ) -> Self {
-        Self {
-            keys,
-            key_check_wait: Duration::from_secs(60),
-            limits: crate::limits::Limits::default(),
-            transport,
-            meta_endpoints,
-            site: None,
-            store_deadline: Duration::from_secs(30 * 60),
-            read_hedge_after: Duration::from_millis(250),
-            connect_timeout: Duration::from_secs(2),
-            shard_call_timeout: Duration::from_secs(30),
-            map_refresh: Duration::from_secs(2),
-            straggler_grace: Duration::from_secs(2),
-            repair: Some(RepairConfig::default()),
-            drill: None,
-            stale_read_attempt: Duration::from_millis(300),
-            manifest_cache_entries: 20_000,
-            manifest_cache_ttl: Duration::from_secs(10),
-            read_audit_wait: Duration::from_millis(50),
-            local_shards: kura_proto::local::LocalShards::default(),
-        }
-    }
-}
-
-/// State shared by the services of one gateway.
-pub(crate) struct Inner {
-    pub(crate) config: GatewayConfig,
-    pub(crate) cluster: ClusterView,
-    /// Authentication (certificates, bearer tokens) and the audit trail.
-    pub(crate) gate: crate::auth::Gate,
-    /// Set once the repair loop runs here.
-    pub(crate) repair: std::sync::OnceLock<RepairHandle>,
-    /// Manifests committed or read here, for reads.
-    pub(crate) manifests: crate::manifests::ManifestCache,
-    /// Streams in flight, per caller and in all.
-    pub(crate) admission: Arc<crate::limits::Admission>,
-}
 
 /// A running gateway.
 pub struct Gateway {

@@ -24,7 +24,7 @@ use crate::auth::{Caller, Touched, code_of};
 use crate::cluster::meta_error;
 use crate::error::GatewayError;
 use crate::info::instance_info;
-use crate::server::Inner;
+use crate::state::Inner;
 use kura_auth::ClientRole;
 
 /// The Archive service of one gateway.
@@ -207,12 +207,19 @@ impl ArchiveService {
     }
 
     async fn manifest_uncached(&self, tenant: &str, uid: &str) -> Result<Manifest, GatewayError> {
-        match crate::manifests::from_any_voter(&self.inner, tenant, uid).await {
+        match crate::manifests::from_any_voter(
+            &self.inner.cluster,
+            self.inner.config.stale_read_attempt,
+            tenant,
+            uid,
+        )
+        .await
+        {
             Ok(Some(m)) => return Ok(m),
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "no voter answered a stale manifest read"),
         }
-        crate::manifests::from_leader(&self.inner, tenant, uid)
+        crate::manifests::from_leader(&self.inner.cluster, tenant, uid)
             .await?
             .ok_or_else(|| not_found_instance(tenant, uid))
     }
@@ -601,7 +608,7 @@ impl Archive for ArchiveService {
             check_uid("sop_instance_uid", &req.sop_instance_uid)?;
             // The manifest first, for the audit entry (who deleted which
             // patient's instance) and a clear NOT_FOUND.
-            let m = crate::manifests::from_leader(&self.inner, &tenant, &req.sop_instance_uid)
+            let m = crate::manifests::from_leader(&self.inner.cluster, &tenant, &req.sop_instance_uid)
                 .await?
                 .ok_or_else(|| not_found_instance(&tenant, &req.sop_instance_uid))?;
             touched = Some(touched_instance(
