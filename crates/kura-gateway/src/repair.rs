@@ -35,7 +35,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kura_placement::{ClusterMap, Manifest, NodeId, NodeState, SegmentManifest, repair_plan};
+use kura_placement::{
+    ClusterMap, DamageAction, DamagedCopy, Manifest, NodeId, NodeState, SegmentManifest,
+    damage_action, repair_plan,
+};
 use kura_proto::meta::{
     Applied, Command, Consistency, DAMAGED_SHARDS_MAX, DamagedShard, Query, QueryResult, Rejected,
 };
@@ -327,10 +330,14 @@ impl Worker {
                 .into_damaged_page()
                 .map_err(|e| e.to_string())?;
             for (d, m) in shards {
-                match m {
-                    Some(m) if names_holder(&m, &d) => queue(&mut items, m, Some(d)),
+                match damage_action(map, m.as_ref(), &copy_of(&d)) {
                     // No manifest references this shard there any more.
-                    _ => stale.push(d),
+                    DamageAction::Stale => stale.push(d),
+                    DamageAction::RebuildInPlace | DamageAction::Wait => {
+                        if let Some(m) = m {
+                            queue(&mut items, m, Some(d));
+                        }
+                    }
                 }
             }
             match next {
@@ -675,7 +682,7 @@ impl Worker {
         let damaged: Vec<DamagedShard> = item
             .damaged
             .iter()
-            .filter(|d| names_holder(&m, d))
+            .filter(|d| damage_action(&map, Some(&m), &copy_of(d)) != DamageAction::Stale)
             .copied()
             .collect();
         let exclude: Vec<(NodeId, u8)> = damaged.iter().map(|d| (d.node, d.index)).collect();
@@ -802,22 +809,20 @@ impl Worker {
         // Damaged shards on healthy holders: rebuilt in place.
         let mut cleared = Vec::new();
         for d in damaged {
+            match damage_action(&map, Some(&updated), &copy_of(&d)) {
+                DamageAction::Stale => {
+                    cleared.push(d);
+                    continue;
+                }
+                // A leaving node's shards were re-planned above; a Down
+                // one's wait for it.
+                DamageAction::Wait => continue,
+                DamageAction::RebuildInPlace => {}
+            }
             let Some(segment) = updated.segment(d.segment) else {
                 cleared.push(d);
                 continue;
             };
-            let still_holder = segment
-                .shards
-                .get(usize::from(d.index))
-                .is_some_and(|s| s.node == Some(d.node));
-            let up = map.node(d.node).is_some_and(|n| n.state == NodeState::Up);
-            if !still_holder {
-                cleared.push(d);
-                continue;
-            }
-            if !up {
-                continue; // a lost node's shards were re-planned above
-            }
             if self.healthy_on_holder(&map, &updated, &d).await {
                 // Rewritten since this pass queued it (by another gateway,
                 // or by this one for an earlier report).
@@ -906,12 +911,14 @@ impl Worker {
     }
 }
 
-/// Whether the manifest still names the damaged shard's node as its holder.
-fn names_holder(m: &Manifest, d: &DamagedShard) -> bool {
-    m.object_key == d.object_key
-        && m.segment(d.segment)
-            .and_then(|s| s.shards.get(usize::from(d.index)))
-            .is_some_and(|s| s.node == Some(d.node))
+/// The damaged copy a metadata record names, as the repair rules take it.
+fn copy_of(d: &DamagedShard) -> DamagedCopy {
+    DamagedCopy {
+        object_key: d.object_key,
+        segment: d.segment,
+        index: d.index,
+        node: d.node,
+    }
 }
 
 fn queue(out: &mut HashMap<(String, String), Item>, m: Manifest, damaged: Option<DamagedShard>) {

@@ -16,7 +16,9 @@
 //!   [`ShardFault`]s.
 //! - [`WriteQuorum`]: when a segment's shard writes are enough to
 //!   acknowledge, and how long the slower ones get after that.
-//! - [`repair_plan`]: which shards to rebuild or move, and onto which nodes.
+//! - [`repair_plan`]: which shards to rebuild or move, and onto which nodes;
+//!   [`damage_action`]: what to do about a copy a storage node reported
+//!   damaged.
 //!
 //! Everything here fails only on bad input, with a [`PlacementError`] that
 //! says why and what would fix it.
@@ -47,6 +49,9 @@ pub use map::{ClusterMap, NAME_BYTES_MAX, NODE_FULL_PERCENT, NodeId, NodeInfo, N
 pub use placement::{Placement, Placer, place_segment, protection_of};
 pub use plan::{ReadPlan, ReadVerdict, ShardFault, read_plan, read_verdict};
 pub use profile::{Profile, ProfileExt};
-pub use repair::{RepairPlan, RepairReason, SegmentRepair, ShardRepair, repair_plan};
+pub use repair::{
+    DamageAction, DamagedCopy, RepairPlan, RepairReason, SegmentRepair, ShardRepair, damage_action,
+    repair_plan,
+};
 pub use survival::{BadShards, Survival, critical_sites, readable_now, readable_without, survival};
 pub use write::{STRAGGLER_GRACE_MIN, WriteQuorum, WriteShort};

@@ -4,6 +4,11 @@
 //! reconstructs it from k others, writes it to the target, and records the
 //! new holder with a compare-and-set on the manifest's version.
 //!
+//! Damaged copies (a storage node found a shard bad and quarantined it)
+//! are judged by [`damage_action`]: rebuilt in place on a healthy holder,
+//! left to the plan or to the holder's return otherwise, or cleared when
+//! the manifest no longer names that copy.
+//!
 //! A shard needs work when it is unplaced, its holder is `Lost`, `Removed` or
 //! unknown to the map (the shard is gone), or `Draining` (the shard must
 //! leave). Shards on `Down` nodes are left alone: the node is expected back,
@@ -92,6 +97,57 @@ impl RepairPlan {
     /// Shards in the plan, with or without a target.
     pub fn shard_count(&self) -> usize {
         self.segments.iter().map(|s| s.shards.len()).sum()
+    }
+}
+
+/// One copy of a shard that a storage node reported damaged (it failed
+/// its checks there and is quarantined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DamagedCopy {
+    pub object_key: [u8; 32],
+    pub segment: u32,
+    pub index: u8,
+    pub node: NodeId,
+}
+
+/// What repair does about one damaged copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DamageAction {
+    /// The manifest (if any) does not name that node as the shard's holder:
+    /// the shard moved, or the instance is gone or was stored again under
+    /// another object. Nothing to rebuild; the report is cleared.
+    Stale,
+    /// The holder is `Up`: rebuild the shard in place on it, from the
+    /// segment's other shards (never from the damaged copy).
+    RebuildInPlace,
+    /// The holder is not `Up`: a `Lost`, `Removed` or `Draining` holder's
+    /// shards are re-placed by [`repair_plan`]; a `Down` one's wait for
+    /// it to come back. The report stays until then.
+    Wait,
+}
+
+/// Decides what to do about `copy`, given the instance's current
+/// `manifest` (`None`: no manifest names the object any more).
+pub fn damage_action(
+    map: &ClusterMap,
+    manifest: Option<&Manifest>,
+    copy: &DamagedCopy,
+) -> DamageAction {
+    let named = manifest.is_some_and(|m| {
+        m.object_key == copy.object_key
+            && m.segment(copy.segment)
+                .and_then(|s| s.shards.get(usize::from(copy.index)))
+                .is_some_and(|s| s.node == Some(copy.node))
+    });
+    if !named {
+        DamageAction::Stale
+    } else if map
+        .node(copy.node)
+        .is_some_and(|n| n.state == NodeState::Up)
+    {
+        DamageAction::RebuildInPlace
+    } else {
+        DamageAction::Wait
     }
 }
 
@@ -292,6 +348,63 @@ mod tests {
             }
         }
         next
+    }
+
+    #[test]
+    fn damaged_copies_are_rebuilt_in_place_waited_for_or_cleared() {
+        // A spare node per site, so a draining holder's shards can move.
+        let map = map_of(&[4, 4, 4]);
+        let manifest = placed_manifest(&map, &rs(5, 4), SEGMENTS_BYTES, object_key(7));
+        let holder = manifest.segments[0].shards[0].node.unwrap();
+        let copy = DamagedCopy {
+            object_key: manifest.object_key,
+            segment: 0,
+            index: 0,
+            node: holder,
+        };
+        assert_eq!(
+            damage_action(&map, Some(&manifest), &copy),
+            DamageAction::RebuildInPlace
+        );
+        // A holder that is not Up: the plan or its return takes care of it.
+        for state in [NodeState::Down, NodeState::Lost, NodeState::Draining] {
+            let changed = map.with_node_state(holder, state).unwrap();
+            assert_eq!(
+                damage_action(&changed, Some(&manifest), &copy),
+                DamageAction::Wait,
+                "{state:?}"
+            );
+        }
+        // Not the holder any more, another object, another segment, or
+        // no manifest at all: stale.
+        let elsewhere = DamagedCopy {
+            node: manifest.segments[0].shards[1].node.unwrap(),
+            ..copy
+        };
+        let other_object = DamagedCopy {
+            object_key: object_key(8),
+            ..copy
+        };
+        let no_segment = DamagedCopy {
+            segment: 99,
+            ..copy
+        };
+        for stale in [elsewhere, other_object, no_segment] {
+            assert_eq!(
+                damage_action(&map, Some(&manifest), &stale),
+                DamageAction::Stale
+            );
+        }
+        assert_eq!(damage_action(&map, None, &copy), DamageAction::Stale);
+        // Once the plan moved the shard off a draining holder, the report
+        // is stale.
+        let draining = map.with_node_state(holder, NodeState::Draining).unwrap();
+        let moved = apply(&manifest, &repair_plan(&draining, &manifest).unwrap());
+        assert_ne!(moved.segments[0].shards[0].node, Some(holder));
+        assert_eq!(
+            damage_action(&draining, Some(&moved), &copy),
+            DamageAction::Stale
+        );
     }
 
     #[test]
