@@ -5,7 +5,8 @@
 # access refused), stopped and deleted on exit.
 #
 #   bench/orthanc.sh                 # prints the URL, runs until Ctrl-C
-#   bench/orthanc.sh COMMAND ARGS…   # runs COMMAND with ORTHANC_URL set,
+#   bench/orthanc.sh COMMAND ARGS…   # runs COMMAND with ORTHANC_URL (and
+#                                    # ORTHANC_PID, for its CPU) set,
 #                                    # then stops Orthanc; exits as COMMAND
 #
 #   bench/orthanc.sh sh -c 'target/release/ingest --orthanc "$ORTHANC_URL"'
@@ -119,7 +120,7 @@ echo "$url"
 echo "orthanc.sh: $("$orthanc_bin" --version | head -n 1) at $url (pid $pid), data in $dir" >&2
 
 if [[ $# -gt 0 ]]; then
-    ORTHANC_URL=$url "$@"
+    ORTHANC_URL=$url ORTHANC_PID=$pid "$@"
 else
     echo "orthanc.sh: Ctrl-C stops it" >&2
     wait "$pid"

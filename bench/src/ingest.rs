@@ -14,7 +14,10 @@
 //! retrieves that same set and every byte is checked against the blake3 of
 //! what was sent; the ceiling and Orthanc then store and read back exactly
 //! the same instances (same bytes, same count, same concurrency). The
-//! table also shows the cores `kura dev` kept busy in each Kura phase.
+//! table also shows the cores `kura dev` kept busy in each Kura phase, and
+//! the server's CPU per instance (milliseconds of user + system time) for
+//! Kura and for Orthanc's process (its pid from `--orthanc-pid`, or
+//! `ORTHANC_PID`, which `bench/orthanc.sh` sets).
 //!
 //! Kura's figures are taken with TLS and authentication on (a client
 //! certificate from the dev cluster's CA), as a deployment runs. The TLS
@@ -29,7 +32,7 @@
 //! cargo build --release --workspace --bins
 //! target/release/ingest [--kura PATH] [--streams 1,8,32] [--seconds 10 | --count N]
 //!     [--workloads slice,multiframe] [--orthanc http://127.0.0.1:PORT]
-//!     [--dir DIR] [--quick] [--json]
+//!     [--orthanc-pid PID] [--dir DIR] [--quick] [--json]
 //! bench/orthanc.sh sh -c 'target/release/ingest --orthanc "$ORTHANC_URL"'
 //! ```
 //!
@@ -109,6 +112,8 @@ struct Args {
     plan: Plan,
     workloads: Vec<Workload>,
     orthanc: Option<String>,
+    /// Orthanc's process, for its CPU per instance.
+    orthanc_pid: Option<u32>,
     dir: PathBuf,
     json: bool,
 }
@@ -131,7 +136,8 @@ fn default_kura() -> PathBuf {
 }
 
 const USAGE: &str = "ingest [--kura PATH] [--streams 1,8,32] [--seconds 10 | --count N] \
-[--workloads slice,multiframe] [--orthanc http://127.0.0.1:PORT] [--dir DIR] [--quick] [--json]";
+[--workloads slice,multiframe] [--orthanc http://127.0.0.1:PORT] [--orthanc-pid PID] [--dir DIR] \
+[--quick] [--json]";
 
 fn parse_args() -> Result<Args, String> {
     let mut kura = default_kura();
@@ -140,6 +146,9 @@ fn parse_args() -> Result<Args, String> {
     let mut count = None;
     let mut workloads = vec![SLICE, MULTIFRAME];
     let mut orthanc = None;
+    let mut orthanc_pid = std::env::var("ORTHANC_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok());
     let mut dir = std::env::temp_dir();
     let mut json = false;
     let mut quick = false;
@@ -162,6 +171,9 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--orthanc" => orthanc = Some(orthanc_authority(&value()?)?),
+            "--orthanc-pid" => {
+                orthanc_pid = Some(value()?.parse::<u32>().map_err(|_| "bad --orthanc-pid")?)
+            }
             "--dir" => dir = PathBuf::from(value()?),
             "--quick" => quick = true,
             "--json" => json = true,
@@ -193,6 +205,7 @@ fn parse_args() -> Result<Args, String> {
         plan,
         workloads,
         orthanc,
+        orthanc_pid,
         dir,
         json,
     })
@@ -356,7 +369,8 @@ struct Figures {
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// Cores `kura dev` kept busy during the phase (CPU seconds ÷ wall).
+    /// Cores the server kept busy during the phase (CPU seconds ÷ wall):
+    /// `kura dev` in Kura's phases, Orthanc's process in Orthanc's.
     kura_cores: Option<f64>,
     /// Cores this benchmark process kept busy during the phase.
     client_cores: Option<f64>,
@@ -382,8 +396,13 @@ struct Cpu {
 
 impl Cpu {
     fn now(kura_pid: u32) -> Cpu {
+        Cpu::of(Some(kura_pid))
+    }
+
+    /// The server process `pid` (if known) and this one.
+    fn of(pid: Option<u32>) -> Cpu {
         Cpu {
-            kura: cpu_seconds(&kura_pid.to_string()),
+            kura: pid.and_then(|p| cpu_seconds(&p.to_string())),
             client: cpu_seconds("self"),
         }
     }
@@ -422,6 +441,12 @@ impl Figures {
         self.ops as f64 / self.seconds
     }
 
+    /// Milliseconds of server CPU per instance.
+    fn cpu_ms_per_instance(&self) -> Option<f64> {
+        self.kura_cores
+            .map(|c| c * self.seconds * 1e3 / self.ops.max(1) as f64)
+    }
+
     /// 10^6 bytes per second.
     fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / self.seconds / 1e6
@@ -436,7 +461,8 @@ impl Figures {
             "mb_per_s": round3(self.mb_per_s()),
             "p50_ms": round3(self.p50_ms),
             "p99_ms": round3(self.p99_ms),
-            "kura_dev_cores": self.kura_cores.map(round3),
+            "server_cores": self.kura_cores.map(round3),
+            "server_cpu_ms_per_instance": self.cpu_ms_per_instance().map(round3),
             "client_cores": self.client_cores.map(round3),
         })
     }
@@ -1331,12 +1357,17 @@ struct Row {
 
 impl Row {
     fn text(&self) -> String {
-        let (orthanc_mb, orthanc_ratio) = match &self.orthanc {
+        let cpu_ms = |f: &Figures| {
+            f.cpu_ms_per_instance()
+                .map_or("-".to_owned(), |ms| format!("{ms:.2}"))
+        };
+        let (orthanc_mb, orthanc_ratio, orthanc_cpu) = match &self.orthanc {
             Some(o) => (
                 format!("{:.1}", o.mb_per_s()),
                 format!("{:.2}", self.kura.mb_per_s() / o.mb_per_s()),
+                cpu_ms(o),
             ),
-            None => ("-".to_owned(), "-".to_owned()),
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
         };
         table_line([
             self.workload.label.to_owned(),
@@ -1350,10 +1381,12 @@ impl Row {
             self.kura
                 .kura_cores
                 .map_or("-".to_owned(), |c| format!("{c:.2}")),
+            cpu_ms(&self.kura),
             format!("{:.1}", self.ceiling.mb_per_s()),
             format!("{:.2}", self.kura.mb_per_s() / self.ceiling.mb_per_s()),
             orthanc_mb,
             orthanc_ratio,
+            orthanc_cpu,
             format!("{:.1}", self.plain.mb_per_s()),
             format!("{:.2}", self.kura.mb_per_s() / self.plain.mb_per_s()),
         ])
@@ -1378,12 +1411,12 @@ impl Row {
 }
 
 /// One line of the table: workload, streams, op, n | kura inst/s, MB/s,
-/// p50, p99, cores of `kura dev` (TLS and authentication on) | ceiling
-/// MB/s, kura/ceiling | orthanc MB/s, kura/orthanc | plaintext MB/s,
-/// tls/plaintext.
-fn table_line(c: [String; 15]) -> String {
+/// p50, p99, cores of `kura dev` (TLS and authentication on), its CPU ms
+/// per instance | ceiling MB/s, kura/ceiling | orthanc MB/s, kura/orthanc,
+/// Orthanc's CPU ms per instance | plaintext MB/s, tls/plaintext.
+fn table_line(c: [String; 17]) -> String {
     format!(
-        "{:<16} {:>7} {:<8} {:>5} | {:>7} {:>7} {:>7} {:>7} {:>5} | {:>7} {:>9} | {:>7} {:>9} | {:>7} {:>9}",
+        "{:<16} {:>7} {:<8} {:>5} | {:>7} {:>7} {:>7} {:>7} {:>5} {:>6} | {:>7} {:>9} | {:>7} {:>9} {:>6} | {:>7} {:>9}",
         c[0],
         c[1],
         c[2],
@@ -1398,7 +1431,9 @@ fn table_line(c: [String; 15]) -> String {
         c[11],
         c[12],
         c[13],
-        c[14]
+        c[14],
+        c[15],
+        c[16]
     )
 }
 
@@ -1414,17 +1449,19 @@ fn table_head() -> String {
             "p50 ms",
             "p99 ms",
             "cores",
+            "cpu ms",
             "MB/s",
             "kura/ceil",
             "MB/s",
             "kura/orth",
+            "cpu ms",
             "MB/s",
             "tls/plain",
         ]
         .map(str::to_owned),
     );
     format!(
-        "{:<39} | {:<37} | {:<17} | {:<17} | {}\n{head}",
+        "{:<39} | {:<44} | {:<17} | {:<24} | {}\n{head}",
         "", "kura (TLS + auth)", "ceiling (files)", "orthanc", "kura plaintext"
     )
 }
@@ -1576,13 +1613,15 @@ async fn real_main() -> Result<(), String> {
             let (orth_store, orth_read) = match &args.orthanc {
                 Some(a) => {
                     eprintln!("  orthanc store and read …");
-                    let cpu = Cpu::now(dev.pid());
+                    // Orthanc's own CPU when its pid is known (none otherwise).
+                    let server = || Cpu::of(args.orthanc_pid);
+                    let cpu = server();
                     let (fig, ids) = orthanc_store_phase(a, &set, &sent, streams).await?;
-                    let fig = fig.with_cpu(cpu, Cpu::now(dev.pid()));
-                    let cpu = Cpu::now(dev.pid());
+                    let fig = fig.with_cpu(cpu, server());
+                    let cpu = server();
                     let read = orthanc_read_phase(a, &set, &sent, Arc::new(ids), streams)
                         .await?
-                        .with_cpu(cpu, Cpu::now(dev.pid()));
+                        .with_cpu(cpu, server());
                     (Some(fig), Some(read))
                 }
                 None => (None, None),
