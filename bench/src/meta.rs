@@ -83,6 +83,10 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// When the first manifest of a run was stored; manifest n a millisecond
+/// per n later.
+const STORED_FROM_UNIX_MS: i64 = 1_764_000_000_000;
+
 /// A realistic manifest: a 0.5 MB CT slice, one 4 MiB segment, RS(5,4).
 fn manifest(n: u64) -> Manifest {
     let ec = EcParams::default();
@@ -134,8 +138,11 @@ fn manifest(n: u64) -> Manifest {
         }],
         protection: Protection::Full,
         version: 0,
-        stored_at_unix_ms: 1_764_000_000_000,
-        updated_at_unix_ms: 1_764_000_000_000,
+        // Stored one after another, as a real archive fills: the holder
+        // and attention indexes put new entries at the head of each
+        // node's range (newest first), not at random places.
+        stored_at_unix_ms: STORED_FROM_UNIX_MS + n as i64,
+        updated_at_unix_ms: STORED_FROM_UNIX_MS + n as i64,
         retain_until_unix_ms: None,
     }
 }
