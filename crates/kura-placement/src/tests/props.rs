@@ -177,6 +177,25 @@ fn counts_of(map: &ClusterMap, holders: &[Option<NodeId>]) -> Vec<usize> {
 // ------------------------------------------------------------ properties
 
 // 256 cases by default; PROPTEST_CASES=n runs more.
+/// One RS(3,2) segment placed on `sites` while every node was up, and the
+/// map after the nodes changed to `states`; `None` when the map cannot
+/// hold the profile.
+fn placed_then_changed(
+    sites: &[Vec<NodeSpec>],
+    states: &[NodeState],
+    key: [u8; 32],
+) -> Option<(ClusterMap, crate::SegmentManifest)> {
+    let profile = rs(3, 2);
+    let written = build_map(&all_up(sites));
+    Placer::new(&written, &profile).ok()?;
+    let segment = placed_manifest(&written, &profile, 1000, key).segments[0].clone();
+    let mut map = written;
+    for (n, state) in map.nodes.values_mut().zip(states) {
+        n.state = *state;
+    }
+    Some((map, segment))
+}
+
 proptest! {
     #[test]
     fn placement_invariants(
@@ -307,17 +326,9 @@ proptest! {
         local in 0usize..6,
         key in any::<[u8; 32]>(),
     ) {
-        let profile = rs(3, 2);
-        let written = build_map(&all_up(&sites));
-        if Placer::new(&written, &profile).is_err() {
+        let Some((map, segment)) = placed_then_changed(&sites, &states, key) else {
             return Ok(());
-        }
-        let segment = placed_manifest(&written, &profile, 1000, key).segments[0].clone();
-        // Then nodes change state.
-        let mut map = written.clone();
-        for (n, state) in map.nodes.values_mut().zip(&states) {
-            n.state = *state;
-        }
+        };
         let local = site_name(local);
         let plan = read_plan(&map, &segment, 3, Some(&local));
         let readable: Vec<(u8, NodeId)> = segment
@@ -347,16 +358,9 @@ proptest! {
         faults in prop::collection::vec((0u8..5, 0u8..3), 0..12),
         key in any::<[u8; 32]>(),
     ) {
-        let profile = rs(3, 2);
-        let written = build_map(&all_up(&sites));
-        if Placer::new(&written, &profile).is_err() {
+        let Some((map, segment)) = placed_then_changed(&sites, &states, key) else {
             return Ok(());
-        }
-        let segment = placed_manifest(&written, &profile, 1000, key).segments[0].clone();
-        let mut map = written.clone();
-        for (n, state) in map.nodes.values_mut().zip(&states) {
-            n.state = *state;
-        }
+        };
         let plan = read_plan(&map, &segment, 3, None);
         // Candidates: every shard on a readable or Down holder, once, with
         // the Down ones after all others.
