@@ -678,12 +678,14 @@ impl Worker {
             return Ok(done);
         };
         let map = self.map().await?;
-        let plan = repair_plan(&map, &m).map_err(|e| e.to_string())?;
+        let copies: Vec<DamagedCopy> = item.damaged.iter().map(copy_of).collect();
+        let plan = repair_plan(&map, &m, &copies).map_err(|e| e.to_string())?;
         let damaged: Vec<DamagedShard> = item
             .damaged
             .iter()
-            .filter(|d| damage_action(&map, Some(&m), &copy_of(d)) != DamageAction::Stale)
-            .copied()
+            .zip(&plan.damaged)
+            .filter(|(_, (_, action))| *action != DamageAction::Stale)
+            .map(|(d, _)| *d)
             .collect();
         let exclude: Vec<(NodeId, u8)> = damaged.iter().map(|d| (d.node, d.index)).collect();
 
@@ -947,12 +949,14 @@ async fn estimate(meta: &MetaClient, map: &ClusterMap, item: &Item) -> (u64, u64
     let Ok(QueryResult::Manifest(Some(m))) = answer else {
         return (0, 0);
     };
-    let Ok(plan) = repair_plan(map, &m) else {
+    let copies: Vec<DamagedCopy> = item.damaged.iter().map(copy_of).collect();
+    let Ok(plan) = repair_plan(map, &m, &copies) else {
         return (0, 0);
     };
-    let mut shards = item.damaged.len() as u64;
+    let mut shards = 0;
     let mut bytes = 0;
-    for d in &item.damaged {
+    for d in plan.rewrites() {
+        shards += 1;
         if let Some(s) = m.segment(d.segment) {
             bytes += shard_bytes(&m, s);
         }

@@ -87,11 +87,23 @@ pub struct RepairPlan {
     /// The object's protection once the plan is carried out: the weakest
     /// segment's, counting segments without work too.
     pub protection_after: Protection,
+    /// The damaged copies the plan was given, each with what to do about
+    /// it ([`damage_action`]), in the order given.
+    pub damaged: Vec<(DamagedCopy, DamageAction)>,
 }
 
 impl RepairPlan {
+    /// Nothing to move, rebuild or rewrite (stale damage reports aside).
     pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+        self.segments.is_empty() && self.rewrites().next().is_none()
+    }
+
+    /// The damaged copies to rebuild in place on their holders.
+    pub fn rewrites(&self) -> impl Iterator<Item = &DamagedCopy> + '_ {
+        self.damaged
+            .iter()
+            .filter(|(_, action)| *action == DamageAction::RebuildInPlace)
+            .map(|(copy, _)| copy)
     }
 
     /// Shards in the plan, with or without a target.
@@ -151,11 +163,17 @@ pub fn damage_action(
     }
 }
 
-/// Plans the repair of one manifest against the current map.
+/// Plans the repair of one manifest against the current map, and what to
+/// do about the copies of its shards that storage nodes reported
+/// `damaged`.
 ///
 /// The manifest's own `ec` is the profile used: its shards were encoded with
 /// it, whatever the profile for new writes is now.
-pub fn repair_plan(map: &ClusterMap, manifest: &Manifest) -> Result<RepairPlan, PlacementError> {
+pub fn repair_plan(
+    map: &ClusterMap,
+    manifest: &Manifest,
+    damaged: &[DamagedCopy],
+) -> Result<RepairPlan, PlacementError> {
     map.validate()?;
     manifest.validate()?;
     let ec = manifest.ec;
@@ -321,6 +339,10 @@ pub fn repair_plan(map: &ClusterMap, manifest: &Manifest) -> Result<RepairPlan, 
     Ok(RepairPlan {
         segments,
         protection_after,
+        damaged: damaged
+            .iter()
+            .map(|copy| (*copy, damage_action(map, Some(manifest), copy)))
+            .collect(),
     })
 }
 
@@ -396,10 +418,21 @@ mod tests {
             );
         }
         assert_eq!(damage_action(&map, None, &copy), DamageAction::Stale);
+        // The plan carries the decisions, in the order given.
+        let plan = repair_plan(&map, &manifest, &[other_object, copy]).unwrap();
+        assert_eq!(
+            plan.damaged,
+            [
+                (other_object, DamageAction::Stale),
+                (copy, DamageAction::RebuildInPlace)
+            ]
+        );
+        assert!(plan.segments.is_empty() && !plan.is_empty());
+        assert_eq!(plan.rewrites().collect::<Vec<_>>(), [&copy]);
         // Once the plan moved the shard off a draining holder, the report
         // is stale.
         let draining = map.with_node_state(holder, NodeState::Draining).unwrap();
-        let moved = apply(&manifest, &repair_plan(&draining, &manifest).unwrap());
+        let moved = apply(&manifest, &repair_plan(&draining, &manifest, &[]).unwrap());
         assert_ne!(moved.segments[0].shards[0].node, Some(holder));
         assert_eq!(
             damage_action(&draining, Some(&moved), &copy),
@@ -411,12 +444,12 @@ mod tests {
     fn healthy_objects_need_nothing() {
         let map = map_of(&[3, 3, 3]);
         let manifest = placed_manifest(&map, &rs(5, 4), SEGMENTS_BYTES, object_key(1));
-        let plan = repair_plan(&map, &manifest).unwrap();
+        let plan = repair_plan(&map, &manifest, &[]).unwrap();
         assert!(plan.is_empty());
         assert_eq!(plan.protection_after, Protection::Full);
         // Down nodes are waited for, not rebuilt.
         let down = map.with_node_state(id(0, 0), NodeState::Down).unwrap();
-        assert!(repair_plan(&down, &manifest).unwrap().is_empty());
+        assert!(repair_plan(&down, &manifest, &[]).unwrap().is_empty());
     }
 
     #[test]
@@ -425,7 +458,7 @@ mod tests {
         let manifest = placed_manifest(&map, &rs(5, 4), SEGMENTS_BYTES, object_key(2));
         let (lost_segment, lost_index) = manifest.shards_on(id(1, 0)).next().unwrap();
         let lost = map.with_node_state(id(1, 0), NodeState::Lost).unwrap();
-        let plan = repair_plan(&lost, &manifest).unwrap();
+        let plan = repair_plan(&lost, &manifest, &[]).unwrap();
         assert_eq!(plan.shard_count(), manifest.shards_on(id(1, 0)).count());
         assert!(plan.segments.iter().any(|s| s.segment == lost_segment));
         for seg in &plan.segments {
@@ -455,7 +488,7 @@ mod tests {
         let repaired = apply(&manifest, &plan);
         repaired.validate().unwrap();
         assert_eq!(repaired.protection_in(&lost), Protection::Full);
-        assert!(repair_plan(&lost, &repaired).unwrap().is_empty());
+        assert!(repair_plan(&lost, &repaired, &[]).unwrap().is_empty());
     }
 
     #[test]
@@ -463,7 +496,7 @@ mod tests {
         let map = map_of(&[3, 3, 3]);
         let manifest = placed_manifest(&map, &rs(5, 4), SEGMENTS_BYTES, object_key(3));
         let lost = map.with_node_state(id(2, 1), NodeState::Lost).unwrap();
-        let plan = repair_plan(&lost, &manifest).unwrap();
+        let plan = repair_plan(&lost, &manifest, &[]).unwrap();
         assert_eq!(
             plan.segments.len(),
             manifest.segments.len(),
@@ -486,7 +519,7 @@ mod tests {
         manifest.validate().unwrap();
 
         // While the site is down there is nowhere to put the missing shards.
-        let waiting = repair_plan(&down, &manifest).unwrap();
+        let waiting = repair_plan(&down, &manifest, &[]).unwrap();
         assert_eq!(waiting.protection_after, Protection::UnderProtected);
         assert!(
             waiting
@@ -496,7 +529,7 @@ mod tests {
                 .all(|s| s.target.is_none())
         );
 
-        let plan = repair_plan(&map, &manifest).unwrap();
+        let plan = repair_plan(&map, &manifest, &[]).unwrap();
         assert_eq!(plan.segments.len(), manifest.segments.len());
         for seg in &plan.segments {
             assert_eq!(seg.shards.len(), 3);
@@ -521,11 +554,11 @@ mod tests {
         let manifest = placed_manifest(&down, &rs(5, 4), SEGMENTS_BYTES, object_key(5));
         assert_eq!(manifest.protection, Protection::UnderProtected);
         assert!(
-            repair_plan(&down, &manifest).unwrap().is_empty(),
+            repair_plan(&down, &manifest, &[]).unwrap().is_empty(),
             "nothing better while down"
         );
 
-        let plan = repair_plan(&map, &manifest).unwrap();
+        let plan = repair_plan(&map, &manifest, &[]).unwrap();
         for seg in &plan.segments {
             assert_eq!(seg.shards.len(), 3, "5+4+0 -> 3+3+3 takes three moves");
             for shard in &seg.shards {
@@ -544,7 +577,7 @@ mod tests {
         for seg in &repaired.segments {
             assert_eq!(per_site(&map, &holders(seg)), [3, 3, 3]);
         }
-        assert!(repair_plan(&map, &repaired).unwrap().is_empty());
+        assert!(repair_plan(&map, &repaired, &[]).unwrap().is_empty());
     }
 
     #[test]
@@ -552,7 +585,7 @@ mod tests {
         let map = map_of(&[4, 4, 4]);
         let manifest = placed_manifest(&map, &rs(5, 4), SEGMENTS_BYTES, object_key(6));
         let draining = map.with_node_state(id(0, 2), NodeState::Draining).unwrap();
-        let plan = repair_plan(&draining, &manifest).unwrap();
+        let plan = repair_plan(&draining, &manifest, &[]).unwrap();
         assert_eq!(plan.shard_count(), manifest.shards_on(id(0, 2)).count());
         for shard in plan.segments.iter().flat_map(|s| &s.shards) {
             assert_eq!(shard.reason, RepairReason::NodeDraining);
@@ -570,7 +603,7 @@ mod tests {
         let mut manifest = placed_manifest(&map, &rs(5, 4), SEGMENTS_BYTES, object_key(7));
         manifest.segments[0].shards.pop();
         assert!(matches!(
-            repair_plan(&map, &manifest),
+            repair_plan(&map, &manifest, &[]),
             Err(PlacementError::InvalidManifest { .. })
         ));
     }

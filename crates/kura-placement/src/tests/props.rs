@@ -422,7 +422,7 @@ proptest! {
         for (n, state) in map.nodes.values_mut().zip(&states) {
             n.state = *state;
         }
-        let plan = repair_plan(&map, &manifest).unwrap();
+        let plan = repair_plan(&map, &manifest, &[]).unwrap();
         let mut after = manifest.clone();
         for seg in &manifest.segments {
             let repairs = plan.segments.iter().find(|r| r.segment == seg.index);
