@@ -275,7 +275,7 @@ async fn read_segment_with(
     let avoiding = gw.cluster.avoiding_suspects(&state.map);
     let map = avoiding.as_ref().unwrap_or(&state.map);
     let plan = read_plan(map, seg, k, gw.config.site.as_deref());
-    let mut candidates = plan.candidates().collect::<Vec<_>>().into_iter();
+    let mut candidates = plan.candidates();
     let expectation = SegmentExpectation {
         object_key: manifest.object_key,
         index: seg.index,
@@ -444,7 +444,7 @@ async fn read_segment_with(
         // Start over with every readable holder, verifying each shard alone
         // before it counts (a shard that fails is then known by its index).
         verify_each = true;
-        candidates = plan.candidates().collect::<Vec<_>>().into_iter();
+        candidates = plan.candidates();
         hedged = false;
         waiting_on.clear();
         for _ in 0..usize::from(k) {

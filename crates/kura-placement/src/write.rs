@@ -65,7 +65,8 @@ impl WriteQuorum {
         if after_stall {
             STRAGGLER_GRACE_MIN
         } else {
-            (quorum_took.saturating_mul(3))
+            quorum_took
+                .saturating_mul(3)
                 .max(STRAGGLER_GRACE_MIN)
                 .min(configured)
         }
