@@ -31,11 +31,26 @@ impl Drop for Proc {
     }
 }
 
-/// A TCP port that is free on 127.0.0.1 right now.
+/// A TCP port that is free on 127.0.0.1 right now and that this process
+/// has not handed out before: the kernel may offer a port again as soon as
+/// its probe listener closes, and a config that names one port twice is
+/// refused (a test that asks for several ports in a row saw exactly that).
 pub fn free_port() -> std::io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+    static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())?
+            .port();
+        let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
+        if !issued.contains(&port) {
+            issued.push(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        "no loopback port left that this process has not handed out",
+    ))
 }
 
 /// The messages of a Store call: the header (tenant, size), then `bytes` in
