@@ -19,6 +19,7 @@
 //! none of their messages carries patient data.
 
 mod charset;
+pub mod dimse;
 mod error;
 mod identity;
 mod inflate;
@@ -32,7 +33,10 @@ pub mod synthetic;
 pub use charset::{decode_person_name, decode_text};
 pub use error::DicomError;
 pub use identity::{Identity, read_identity};
-pub use part10::{PREAMBLE_BYTES, transfer_syntax_name};
+pub use part10::{
+    Envelope, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PREAMBLE_BYTES, envelope,
+    file_meta, transfer_syntax_name,
+};
 pub use uid::{UID_CHARS_MAX, UidProblem, validate_uid};
 pub use validate::{Summary, validate, validate_with};
 pub use walk::{CAPTURE_BYTES_MAX, ELEMENTS_MAX, NESTING_DEPTH_MAX, ParseLimits};

@@ -183,3 +183,90 @@ fn data_set_encoding(uid: &str) -> Result<DataSetEncoding, DicomError> {
 pub fn transfer_syntax_name(uid: &str) -> Option<&'static str> {
     TransferSyntaxRegistry.get(uid).map(|ts| ts.name())
 }
+
+/// Kura's Implementation Class UID (0002,0012) in the file meta it writes
+/// for instances that arrive without one (DIMSE C-STORE sends only the
+/// data set).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.102400389942634467690328995574173288156";
+/// Implementation Version Name (0002,0013).
+pub const IMPLEMENTATION_VERSION_NAME: &str = "KURA_01";
+
+/// The Part-10 envelope for a data set that arrived without one: preamble,
+/// `DICM` and the file meta group naming `sop_class_uid`,
+/// `sop_instance_uid` and `transfer_syntax_uid`. Deterministic (no time,
+/// no sender): the same data set sent twice becomes the same file, so a
+/// resend is an identical duplicate, not a conflict.
+pub fn file_meta(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax_uid: &str,
+) -> Vec<u8> {
+    fn element(out: &mut Vec<u8>, element: u16, vr: &[u8; 2], value: &[u8], pad: u8) {
+        let odd = value.len() % 2 == 1;
+        let len = value.len() + usize::from(odd);
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(vr);
+        if vr == b"OB" {
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(len as u16).to_le_bytes());
+        }
+        out.extend_from_slice(value);
+        if odd {
+            out.push(pad);
+        }
+    }
+    let mut group = Vec::with_capacity(256);
+    element(&mut group, 0x0001, b"OB", &[0, 1], 0);
+    element(&mut group, 0x0002, b"UI", sop_class_uid.as_bytes(), 0);
+    element(&mut group, 0x0003, b"UI", sop_instance_uid.as_bytes(), 0);
+    element(&mut group, 0x0010, b"UI", transfer_syntax_uid.as_bytes(), 0);
+    element(
+        &mut group,
+        0x0012,
+        b"UI",
+        IMPLEMENTATION_CLASS_UID.as_bytes(),
+        0,
+    );
+    element(
+        &mut group,
+        0x0013,
+        b"SH",
+        IMPLEMENTATION_VERSION_NAME.as_bytes(),
+        b' ',
+    );
+    let mut out = vec![0u8; PREAMBLE_BYTES];
+    out.extend_from_slice(MAGIC);
+    element(
+        &mut out,
+        0x0000,
+        b"UL",
+        &(group.len() as u32).to_le_bytes(),
+        0,
+    );
+    out.extend_from_slice(&group);
+    out
+}
+
+/// Where a Part-10 file's data set starts and its transfer syntax, read
+/// from a prefix of the file (a few hundred bytes are enough; asks for
+/// more with [`DicomError::NeedMoreData`]-style `Truncated` errors when the
+/// prefix ends inside the file meta). A DIMSE peer receives the data set
+/// alone: the bytes from this offset on.
+pub fn envelope(prefix: &[u8]) -> Result<Envelope, DicomError> {
+    let mut src = Source::new(prefix, 0, false);
+    let meta = read_file_meta(&mut src, false)?;
+    Ok(Envelope {
+        transfer_syntax_uid: meta.transfer_syntax_uid,
+        data_set_offset: meta.data_set_offset,
+    })
+}
+
+/// What [`envelope`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub transfer_syntax_uid: String,
+    pub data_set_offset: u64,
+}

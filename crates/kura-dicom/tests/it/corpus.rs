@@ -376,3 +376,36 @@ proptest! {
         let _ = validate(data.as_slice());
     }
 }
+
+/// What a DIMSE C-STORE does with a stored file: the peer sends the data
+/// set alone (from [`kura_dicom::envelope`]'s offset), the archive wraps it
+/// in [`kura_dicom::file_meta`] again; the result is a whole instance with
+/// the same identity, and wrapping twice gives the same bytes.
+#[test]
+fn every_accepted_file_survives_being_sent_as_a_data_set_and_wrapped_again() {
+    for (row, data) in accepted() {
+        let env = kura_dicom::envelope(&data[..data.len().min(4096)])
+            .unwrap_or_else(|e| panic!("{}: {e}", row.file));
+        let (identity, _) = verdict(data).unwrap_or_else(|e| panic!("{}: {e}", row.file));
+        let offset = env.data_set_offset as usize;
+        assert!(offset > kura_dicom::PREAMBLE_BYTES + 4, "{}", row.file);
+        let mut wrapped = kura_dicom::file_meta(
+            &identity.sop_class_uid,
+            &identity.sop_instance_uid,
+            &env.transfer_syntax_uid,
+        );
+        wrapped.extend_from_slice(&data[offset..]);
+        let (again, _) = verdict(&wrapped).unwrap_or_else(|e| panic!("{} wrapped: {e}", row.file));
+        assert_eq!(again, identity, "{}", row.file);
+        let env2 = kura_dicom::envelope(&wrapped).expect("envelope of the wrapped file");
+        assert_eq!(env2.transfer_syntax_uid, env.transfer_syntax_uid);
+        assert_eq!(&wrapped[env2.data_set_offset as usize..], &data[offset..]);
+        let mut twice = kura_dicom::file_meta(
+            &identity.sop_class_uid,
+            &identity.sop_instance_uid,
+            &env.transfer_syntax_uid,
+        );
+        twice.extend_from_slice(&data[offset..]);
+        assert_eq!(twice, wrapped, "{}", row.file);
+    }
+}
