@@ -108,7 +108,7 @@ impl GatewayError {
     }
 
     /// The stable reason code put in `ErrorInfo.reason`.
-    fn reason(&self) -> String {
+    pub fn reason(&self) -> String {
         match self {
             GatewayError::InvalidArgument { reason, .. } => reason.clone(),
             GatewayError::AlreadyExists { .. } => "INSTANCE_EXISTS_WITH_OTHER_BYTES".into(),

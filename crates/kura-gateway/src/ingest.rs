@@ -51,8 +51,25 @@ const WRITES_IN_FLIGHT: usize = 2;
 /// Chunks queued for the validator.
 const VALIDATOR_QUEUE: usize = 8;
 
+/// The messages of one Store: a gRPC request stream, or what a DICOM
+/// front door makes of what arrives on its association.
+pub(crate) type StoreInput =
+    futures::stream::BoxStream<'static, Result<StoreRequest, tonic::Status>>;
+
+/// What the instance must be, when the caller named it before its bytes
+/// (a DIMSE C-STORE names its SOP class and instance in the command).
+#[derive(Clone, Debug)]
+pub(crate) struct Expected {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+}
+
+/// The reason code of a refusal because the data set is not the instance
+/// its command named.
+pub(crate) const IDENTITY_MISMATCH: &str = "DICOM_IDENTITY_MISMATCH";
+
 struct Request {
-    input: tonic::Streaming<StoreRequest>,
+    input: StoreInput,
     bytes_in: u64,
     limits: crate::limits::Limits,
 }
@@ -61,7 +78,7 @@ impl Request {
     /// The next data chunk; `None` at the end of the stream.
     async fn chunk(&mut self) -> Result<Option<Bytes>, GatewayError> {
         loop {
-            let message = self.input.message().await.map_err(|s| {
+            let message = self.input.next().await.transpose().map_err(|s| {
                 GatewayError::invalid(
                     "chunk",
                     "STREAM_BROKEN",
@@ -124,6 +141,7 @@ struct Header {
     tenant: String,
     expected_blake3: Option<[u8; 32]>,
     size: Option<u64>,
+    expect: Option<Expected>,
 }
 
 fn too_large(bytes: u64, limits: &crate::limits::Limits) -> GatewayError {
@@ -170,7 +188,35 @@ fn check_header(h: StoreHeader, limits: &crate::limits::Limits) -> Result<Header
         tenant: h.tenant,
         expected_blake3,
         size: h.size,
+        expect: None,
     })
+}
+
+fn check_expected(expect: &Expected, identity: &Identity) -> Result<(), GatewayError> {
+    let mismatch = |what: &str, named: &str, found: &str| {
+        GatewayError::invalid(
+            "chunk",
+            IDENTITY_MISMATCH,
+            format!(
+                "the command names {what} {named} but the data set's is {found}; nothing was stored"
+            ),
+        )
+    };
+    if expect.sop_instance_uid != identity.sop_instance_uid {
+        return Err(mismatch(
+            "SOP Instance UID",
+            &expect.sop_instance_uid,
+            &identity.sop_instance_uid,
+        ));
+    }
+    if expect.sop_class_uid != identity.sop_class_uid {
+        return Err(mismatch(
+            "SOP Class UID",
+            &expect.sop_class_uid,
+            &identity.sop_class_uid,
+        ));
+    }
+    Ok(())
 }
 
 fn dicom_refusal(e: &DicomError) -> GatewayError {
@@ -185,14 +231,15 @@ fn dicom_refusal(e: &DicomError) -> GatewayError {
 pub(crate) async fn store(
     gw: Arc<Inner>,
     caller: crate::auth::Caller,
-    input: tonic::Streaming<StoreRequest>,
+    input: StoreInput,
+    expect: Option<Expected>,
 ) -> Result<StoreResponse, GatewayError> {
     let mut req = Request {
         input,
         bytes_in: 0,
         limits: gw.config.limits,
     };
-    let first = req.input.message().await.map_err(|s| {
+    let first = req.input.next().await.transpose().map_err(|s| {
         GatewayError::invalid(
             "header",
             "STREAM_BROKEN",
@@ -205,7 +252,10 @@ pub(crate) async fn store(
     let header = match first.and_then(|m| m.msg) {
         Some(store_request::Msg::Header(mut h)) => {
             h.tenant = caller.tenant("header.tenant", &h.tenant)?;
-            check_header(h, &gw.config.limits)?
+            Header {
+                expect,
+                ..check_header(h, &gw.config.limits)?
+            }
         }
         Some(store_request::Msg::Chunk(_)) => {
             return Err(GatewayError::invalid(
@@ -291,6 +341,9 @@ async fn receive(
         }
     };
     drop(prefix);
+    if let Some(expect) = &header.expect {
+        check_expected(expect, &identity)?;
+    }
     if identity.patient_id.len() > kura_seal::PATIENT_ID_MAX {
         return Err(GatewayError::invalid(
             "chunk",

@@ -313,7 +313,8 @@ impl Archive for ArchiveService {
                 crate::ingest::store(
                     Arc::clone(&self.inner),
                     caller.clone(),
-                    request.into_inner(),
+                    Box::pin(request.into_inner()),
+                    None,
                 )
                 .instrument(span.clone())
                 .await
