@@ -35,7 +35,7 @@ pub use error::DicomError;
 pub use identity::{Identity, read_identity};
 pub use part10::{
     Envelope, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PREAMBLE_BYTES, envelope,
-    file_meta, transfer_syntax_name,
+    file_meta, storable_transfer_syntaxes, transfer_syntax_name,
 };
 pub use uid::{UID_CHARS_MAX, UidProblem, validate_uid};
 pub use validate::{Summary, validate, validate_with};

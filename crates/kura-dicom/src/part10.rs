@@ -270,3 +270,14 @@ pub struct Envelope {
     pub transfer_syntax_uid: String,
     pub data_set_offset: u64,
 }
+
+/// The transfer syntaxes whose data sets Kura can walk and so store
+/// (every one in dicom-rs's registry but those with a data-set codec other
+/// than deflate), for a DIMSE front door to accept in negotiation.
+pub fn storable_transfer_syntaxes() -> Vec<&'static str> {
+    TransferSyntaxRegistry
+        .iter()
+        .map(|ts| ts.uid())
+        .filter(|uid| data_set_encoding(uid).is_ok())
+        .collect()
+}
