@@ -18,6 +18,7 @@ pub mod audit;
 pub mod auth;
 pub mod cluster;
 mod delete;
+pub mod dimse;
 pub mod error;
 pub mod info;
 pub mod ingest;

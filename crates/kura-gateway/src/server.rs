@@ -35,6 +35,9 @@ pub struct Gateway {
     /// Keeps the certificate expiry gauge current.
     expiry: Option<JoinHandle<()>>,
     repairer: Option<Repairer>,
+    /// What the services share (the DICOM front door serves over it too).
+    inner: Arc<Inner>,
+    dicom: Option<crate::dimse::DicomServer>,
 }
 
 impl Gateway {
@@ -206,7 +209,30 @@ impl Gateway {
             refresher,
             expiry,
             repairer,
+            inner,
+            dicom: None,
         })
+    }
+
+    /// Serves the DICOM front door (DIMSE) on `listener` beside the gRPC
+    /// API, over the same archive core; its address.
+    pub fn serve_dicom(
+        &mut self,
+        config: crate::dimse::DicomConfig,
+        listener: TcpListener,
+    ) -> std::io::Result<SocketAddr> {
+        if self.dicom.is_some() {
+            return Err(std::io::Error::other("the DICOM front door already runs"));
+        }
+        let server = crate::dimse::DicomServer::start(Arc::clone(&self.inner), config, listener)?;
+        let addr = server.addr;
+        self.dicom = Some(server);
+        Ok(addr)
+    }
+
+    /// The DICOM front door's address, if it runs.
+    pub fn dicom_addr(&self) -> Option<SocketAddr> {
+        self.dicom.as_ref().map(|d| d.addr)
     }
 
     /// The gRPC address.
@@ -231,6 +257,9 @@ impl Gateway {
         }
         if let Some(e) = self.expiry.take() {
             e.abort();
+        }
+        if let Some(d) = self.dicom.take() {
+            d.shutdown(SHUTDOWN_GRACE).await;
         }
         if let Some(r) = self.repairer.take() {
             r.stop().await;
