@@ -49,6 +49,33 @@ use tokio::net::TcpListener;
 /// Default gateway port of `kura dev`.
 pub const DEV_PORT_DEFAULT: u16 = 7600;
 
+/// The calling AE titles a dev cluster admits (tenant `default`, reader
+/// and writer): the default titles of dcmtk's tools and pynetdicom, so
+/// they work against `kura dev` as typed.
+pub const DEV_DICOM_PEERS: [&str; 6] = [
+    "ECHOSCU",
+    "STORESCU",
+    "FINDSCU",
+    "MOVESCU",
+    "GETSCU",
+    "PYNETDICOM",
+];
+
+/// [`DEV_DICOM_PEERS`] as peers of tenant `default`.
+pub fn dev_dicom_peers() -> Vec<kura_gateway::dimse::DicomPeer> {
+    DEV_DICOM_PEERS
+        .iter()
+        .map(|t| kura_gateway::dimse::DicomPeer {
+            ae_title: (*t).to_string(),
+            tenant: "default".into(),
+            roles: kura_auth::ClientRoles::of(&[
+                kura_auth::ClientRole::Reader,
+                kura_auth::ClientRole::Writer,
+            ]),
+        })
+        .collect()
+}
+
 /// How a dev cluster is shaped and where it listens.
 #[derive(Clone, Debug)]
 pub struct DevConfig {
@@ -82,6 +109,10 @@ pub struct DevConfig {
     pub tls: bool,
     /// The gateway's limits on every input.
     pub limits: kura_gateway::Limits,
+    /// The DICOM front door's port (`None`: not served; `Some(0)`: any).
+    pub dicom_port: Option<u16>,
+    /// The DICOM front door: AE title, known peers, limits.
+    pub dicom: kura_gateway::dimse::DicomConfig,
 }
 
 impl DevConfig {
@@ -103,6 +134,11 @@ impl DevConfig {
             meta_timeouts: ServiceTimeouts::default(),
             tls: true,
             limits: kura_gateway::Limits::default(),
+            dicom_port: None,
+            dicom: kura_gateway::dimse::DicomConfig {
+                peers: dev_dicom_peers(),
+                ..Default::default()
+            },
         }
     }
 
@@ -350,6 +386,10 @@ impl DevCluster {
             Some(p) => Some(bind(host, p, false).await?),
             None => None,
         };
+        let dicom_listener = match config.dicom_port {
+            Some(p) => Some(bind(host, p, false).await?),
+            None => None,
+        };
 
         if config.tls {
             let mut nodes = vec![(NodeRole::Gateway, 0)];
@@ -410,9 +450,14 @@ impl DevCluster {
         gc.local_shards = local_shards.clone();
         let (drill_tx, drills) = tokio::sync::mpsc::channel(4);
         gc.drill = Some(std::sync::Arc::new(DevDrill { tx: drill_tx }));
-        let gateway = Gateway::start(gc, gateway_listener, ops_listener)
+        let mut gateway = Gateway::start(gc, gateway_listener, ops_listener)
             .await
             .map_err(|e| start_err("gateway", e))?;
+        if let Some(l) = dicom_listener {
+            gateway
+                .serve_dicom(config.dicom.clone(), l)
+                .map_err(|e| start_err("DICOM front door", e))?;
+        }
         Ok(DevCluster {
             config,
             layout,
@@ -465,6 +510,11 @@ impl DevCluster {
     /// The gateway's gRPC address.
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.gateway.as_ref().map(Gateway::addr)
+    }
+
+    /// The DICOM front door's address, when it is served.
+    pub fn dicom_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().and_then(Gateway::dicom_addr)
     }
 
     /// The gateway's ops (HTTP) address.

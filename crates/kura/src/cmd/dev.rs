@@ -22,6 +22,17 @@ pub struct DevArgs {
     /// free port.
     #[arg(long, default_value_t = DEV_PORT_DEFAULT + 1)]
     ops_port: u16,
+    /// DICOM port (DIMSE: C-ECHO, C-STORE) on 127.0.0.1; 0: any free port.
+    #[arg(long, default_value_t = kura_gateway::dimse::DEFAULT_PORT)]
+    dicom_port: u16,
+    /// The archive's AE title: DICOM peers call it.
+    #[arg(long, default_value = kura_gateway::dimse::DEFAULT_AE_TITLE)]
+    ae_title: String,
+    /// Another calling AE title to admit (tenant `default`, reader and
+    /// writer), beside dcmtk's and pynetdicom's defaults (ECHOSCU,
+    /// STORESCU, FINDSCU, MOVESCU, GETSCU, PYNETDICOM). Repeatable.
+    #[arg(long = "dicom-peer", value_name = "AE_TITLE")]
+    dicom_peers: Vec<String>,
     /// Print what started as JSON (one line) instead of text.
     #[arg(long)]
     json: bool,
@@ -42,6 +53,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         config.port = args.port;
         config.ops_port = Some(args.ops_port);
         config.tls = !args.insecure;
+        config.dicom_port = Some(args.dicom_port);
+        config.dicom.ae_title = args.ae_title.clone();
+        for title in &args.dicom_peers {
+            if !config.dicom.peers.iter().any(|p| &p.ae_title == title) {
+                let mut p = kura_dev::dev_dicom_peers().remove(0);
+                p.ae_title = title.clone();
+                config.dicom.peers.push(p);
+            }
+        }
+        config
+            .dicom
+            .validate()
+            .map_err(|e| anyhow::anyhow!("DICOM settings: {e}"))?;
         let restarted = kura_dev::is_dev_data_dir(&args.data);
         let mut cluster = DevCluster::start(config)
             .await
@@ -50,10 +74,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .gateway_addr()
             .context("the gateway did not start")?;
         let ops = cluster.ops_addr();
+        let dicom = cluster.dicom_addr();
         if args.json {
             let line = serde_json::json!({
                 "gateway": gateway.to_string(),
                 "ops": ops.map(|a| a.to_string()),
+                "dicom": dicom.map(|a| a.to_string()),
+                "ae_title": args.ae_title,
                 "data": args.data.display().to_string(),
                 "restarted": restarted,
                 "meta": cluster.meta_endpoints(),
@@ -95,6 +122,23 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 println!(
                     "  gateway: https://{gateway}  (try: kura store ../shared/corpus --endpoint {gateway} --certs {})",
                     certs.display()
+                );
+            }
+            if let Some(dicom) = dicom {
+                println!(
+                    "  DICOM:   AE title {} on {dicom}, calling AE titles {}  (try: echoscu -aec {} {} {})",
+                    args.ae_title,
+                    cluster
+                        .config()
+                        .dicom
+                        .peers
+                        .iter()
+                        .map(|p| p.ae_title.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    args.ae_title,
+                    dicom.ip(),
+                    dicom.port()
                 );
             }
             println!(
