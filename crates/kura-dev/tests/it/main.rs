@@ -5,6 +5,7 @@
 mod archive;
 mod degraded;
 mod delete;
+mod dimse;
 mod encryption;
 mod harness;
 mod limits;
