@@ -26,7 +26,17 @@ impl Dev {
             .open(&log)
             .expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
-            .args(["dev", "--port", "0", "--ops-port", "0", "--json", "--data"])
+            .args([
+                "dev",
+                "--port",
+                "0",
+                "--ops-port",
+                "0",
+                "--dicom-port",
+                "0",
+                "--json",
+                "--data",
+            ])
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(log_file)
