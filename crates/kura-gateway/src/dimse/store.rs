@@ -62,9 +62,13 @@ impl Operation {
         transfer_syntax: &str,
     ) -> Operation {
         let started = Instant::now();
-        let refuse = |code: u16, comment: String| {
+        let gate = &shared.inner.gate;
+        // Every refusal before the data set: audited, counted, answered
+        // after the data set is read and dropped.
+        let refuse = |code: u16, e: GatewayError, touched: Touched| {
+            gate.record_later(caller, "DICOM C-STORE", touched, e.code());
             let mut rsp = CommandSet::response_to(&rq, field::C_STORE_RSP, code);
-            rsp.set_error_comment(&comment);
+            rsp.set_error_comment(&comment_of(&e));
             observe("C-STORE", code, started);
             Operation::refused(pc_id, rsp)
         };
@@ -74,38 +78,24 @@ impl Operation {
         ) {
             (Ok(c), Ok(i)) if !c.is_empty() && !i.is_empty() => (c.to_string(), i.to_string()),
             _ => {
-                return refuse(
-                    status::CANNOT_UNDERSTAND,
-                    "the command names no Affected SOP Class/Instance UID".into(),
+                let e = GatewayError::invalid(
+                    "command",
+                    "DIMSE_NO_AFFECTED_UID",
+                    "the command names no Affected SOP Class/Instance UID",
                 );
+                return refuse(status::CANNOT_UNDERSTAND, e, Touched::default());
             }
         };
-        let gate = &shared.inner.gate;
-        let writer = caller
-            .principal
-            .as_ref()
-            .is_some_and(|p| matches!(p, kura_auth::Principal::Client { roles, .. } if roles.contains(ClientRole::Writer)));
-        if !writer {
-            gate.record_later(
-                caller,
-                "DICOM C-STORE",
-                Touched {
-                    sop_instance_uid: instance.clone(),
-                    ..Touched::default()
-                },
-                tonic::Code::PermissionDenied,
-            );
-            return refuse(
-                status::NOT_AUTHORIZED,
-                format!("{} may not store (no writer role)", caller.who()),
-            );
+        let touched = Touched {
+            sop_instance_uid: instance.clone(),
+            ..Touched::default()
+        };
+        if let Err(e) = crate::auth::check_roles(caller, "C-STORE", &[ClientRole::Writer]) {
+            return refuse(status::NOT_AUTHORIZED, e, touched);
         }
         let admitted = match shared.inner.admission.admit(&caller.who(), "Store") {
             Ok(a) => a,
-            Err(e) => {
-                gate.record_later(caller, "DICOM C-STORE", Touched::default(), e.code());
-                return refuse(status::OUT_OF_RESOURCES, comment_of(&e));
-            }
+            Err(e) => return refuse(status::OUT_OF_RESOURCES, e, touched),
         };
         let tenant = caller.own_tenant().unwrap_or_default().to_string();
         let (tx, rx) = mpsc::channel(QUEUE);
