@@ -46,6 +46,9 @@ pub mod status {
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
 }
 
+/// The Verification SOP class (C-ECHO).
+pub const VERIFICATION_SOP_CLASS: &str = "1.2.840.10008.1.1";
+
 /// Command Data Set Type (0000,0800) meaning "no data set follows".
 pub const NO_DATA_SET: u16 = 0x0101;
 /// A value meaning "a data set follows" (any other than [`NO_DATA_SET`]).

@@ -51,7 +51,7 @@ impl Shared {
             .max_pdu_length(self.config.max_pdu)
             .read_timeout(self.config.idle_timeout)
             .write_timeout(self.config.idle_timeout)
-            .with_abstract_syntax(dicom_dictionary_std_verification());
+            .with_abstract_syntax(kura_dicom::dimse::VERIFICATION_SOP_CLASS);
         for uid in kura_dicom::dimse::STORAGE_SOP_CLASSES {
             options = options.with_abstract_syntax(*uid);
         }
@@ -77,17 +77,11 @@ impl Shared {
     fn refused_caller(&self, ae_title: &str, peer: SocketAddr) -> Caller {
         // Not a principal (it proved nothing), but the audit entry names
         // the title it claimed.
-        let _ = ae_title;
         Caller {
             principal: None,
             peer: format!("{peer} (AE {})", printable(ae_title)),
         }
     }
-}
-
-/// The Verification SOP class.
-fn dicom_dictionary_std_verification() -> &'static str {
-    "1.2.840.10008.1.1"
 }
 
 /// An AE title as it may appear in logs: printable ASCII, at most 16.
