@@ -148,7 +148,8 @@ impl DicomConfig {
 /// The DICOM front door, running.
 pub(crate) struct DicomServer {
     pub addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    /// `Some(grace)`: stop accepting, give running associations `grace`.
+    stop: watch::Sender<Option<Duration>>,
     task: JoinHandle<()>,
 }
 
@@ -160,28 +161,25 @@ impl DicomServer {
     ) -> std::io::Result<DicomServer> {
         config.validate().map_err(std::io::Error::other)?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(None);
         let shared = Arc::new(assoc::Shared::new(inner, config));
         let task = tokio::spawn(accept_loop(shared, listener, stopped));
         tracing::info!(%addr, "DICOM front door started");
         Ok(DicomServer { addr, stop, task })
     }
 
-    /// Stops accepting; associations in progress are cut off after
-    /// `grace`.
+    /// Stops accepting; associations in progress get `grace` to finish,
+    /// then are cut off.
     pub(crate) async fn shutdown(self, grace: Duration) {
-        let _ = self.stop.send(true);
-        let mut task = self.task;
-        if tokio::time::timeout(grace, &mut task).await.is_err() {
-            task.abort();
-        }
+        let _ = self.stop.send(Some(grace));
+        let _ = self.task.await;
     }
 }
 
 async fn accept_loop(
     shared: Arc<assoc::Shared>,
     listener: TcpListener,
-    mut stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<Option<Duration>>,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.max_associations));
     let mut running = tokio::task::JoinSet::new();
@@ -206,12 +204,8 @@ async fn accept_loop(
         let shared = Arc::clone(&shared);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
-                let mut stopped = stopped.clone();
                 running.spawn(async move {
-                    tokio::select! {
-                        _ = assoc::serve(&shared, socket, peer) => {}
-                        _ = stopped.changed() => {}
-                    }
+                    assoc::serve(&shared, socket, peer).await;
                     drop(slot);
                 });
             }
@@ -219,6 +213,17 @@ async fn accept_loop(
                 running.spawn(async move { assoc::refuse_busy(&shared, socket, peer).await });
             }
         }
+    }
+    let grace = (*stopped.borrow()).unwrap_or_default();
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            associations = running.len(),
+            "DICOM associations still running after the grace period: cut off"
+        );
     }
     running.shutdown().await;
 }
