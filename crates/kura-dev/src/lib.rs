@@ -63,17 +63,19 @@ pub const DEV_DICOM_PEERS: [&str; 6] = [
 
 /// [`DEV_DICOM_PEERS`] as peers of tenant `default`.
 pub fn dev_dicom_peers() -> Vec<kura_gateway::dimse::DicomPeer> {
-    DEV_DICOM_PEERS
-        .iter()
-        .map(|t| kura_gateway::dimse::DicomPeer {
-            ae_title: (*t).to_string(),
-            tenant: "default".into(),
-            roles: kura_auth::ClientRoles::of(&[
-                kura_auth::ClientRole::Reader,
-                kura_auth::ClientRole::Writer,
-            ]),
-        })
-        .collect()
+    DEV_DICOM_PEERS.iter().map(|t| dev_dicom_peer(t)).collect()
+}
+
+/// A calling AE title of tenant `default` that may store and read.
+pub fn dev_dicom_peer(ae_title: &str) -> kura_gateway::dimse::DicomPeer {
+    kura_gateway::dimse::DicomPeer {
+        ae_title: ae_title.to_string(),
+        tenant: "default".into(),
+        roles: kura_auth::ClientRoles::of(&[
+            kura_auth::ClientRole::Reader,
+            kura_auth::ClientRole::Writer,
+        ]),
+    }
 }
 
 /// How a dev cluster is shaped and where it listens.

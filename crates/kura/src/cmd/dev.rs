@@ -57,9 +57,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         config.dicom.ae_title = args.ae_title.clone();
         for title in &args.dicom_peers {
             if !config.dicom.peers.iter().any(|p| &p.ae_title == title) {
-                let mut p = kura_dev::dev_dicom_peers().remove(0);
-                p.ae_title = title.clone();
-                config.dicom.peers.push(p);
+                config.dicom.peers.push(kura_dev::dev_dicom_peer(title));
             }
         }
         config
