@@ -543,17 +543,8 @@ impl KuraDev {
     fn start(kura: &Path, data: &Path, log: &Path, insecure: bool) -> Result<KuraDev, String> {
         let log_file = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
         let mut child = Process::new(kura)
-            .args([
-                "dev",
-                "--port",
-                "0",
-                "--ops-port",
-                "0",
-                "--dicom-port",
-                "0",
-                "--json",
-                "--data",
-            ])
+            .args(kura_testkit::KURA_DEV_ON_FREE_PORTS)
+            .args(["--json", "--data"])
             .arg(data)
             .args(insecure.then_some("--insecure"))
             .stdin(Stdio::null())

@@ -53,6 +53,12 @@ pub fn free_port() -> std::io::Result<u16> {
     ))
 }
 
+/// The arguments that start `kura dev` with every port it listens on
+/// (gRPC, ops, DICOM) picked free, so several can run at once beside a
+/// developer's own `kura dev`; add `--json --data DIR`.
+pub const KURA_DEV_ON_FREE_PORTS: [&str; 7] =
+    ["dev", "--port", "0", "--ops-port", "0", "--dicom-port", "0"];
+
 /// The messages of a Store call: the header (tenant, size), then `bytes` in
 /// `chunk`-byte pieces.
 pub fn store_messages(tenant: &str, bytes: &[u8], chunk: usize) -> Vec<StoreRequest> {

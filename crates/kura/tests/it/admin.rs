@@ -448,15 +448,8 @@ fn a_site_down_drill_against_kura_dev_reports_real_figures() {
     let data = tmp.path().join("dev");
     let log = std::fs::File::create(tmp.path().join("dev.log")).expect("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
-        .args([
-            "dev",
-            "--port",
-            "0",
-            "--dicom-port",
-            "0",
-            "--json",
-            "--data",
-        ])
+        .args(kura_testkit::KURA_DEV_ON_FREE_PORTS)
+        .args(["--json", "--data"])
         .arg(&data)
         .stdout(Stdio::piped())
         .stderr(log)

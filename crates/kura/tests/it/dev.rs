@@ -26,17 +26,8 @@ impl Dev {
             .open(&log)
             .expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
-            .args([
-                "dev",
-                "--port",
-                "0",
-                "--ops-port",
-                "0",
-                "--dicom-port",
-                "0",
-                "--json",
-                "--data",
-            ])
+            .args(kura_testkit::KURA_DEV_ON_FREE_PORTS)
+            .args(["--json", "--data"])
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(log_file)
