@@ -50,9 +50,7 @@ use bytes::Bytes;
 use kura_auth::{ClientRole, ClientRoles};
 use kura_dicom::synthetic::{Synthetic, head, pixels, uid};
 use kura_proto::v1::archive_client::ArchiveClient;
-use kura_proto::v1::{
-    RetrieveRequest, StoreHeader, StoreRequest, retrieve_response, store_request,
-};
+use kura_proto::v1::{RetrieveRequest, StoreRequest, retrieve_response};
 use kura_testkit::certs::CertDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -694,16 +692,8 @@ async fn kura_store(
     let chunks = set.chunks(n);
     let size: usize = chunks.iter().map(Bytes::len).sum();
     let mut msgs = Vec::with_capacity(chunks.len() + 1);
-    msgs.push(StoreRequest {
-        msg: Some(store_request::Msg::Header(StoreHeader {
-            tenant: TENANT.into(),
-            expected_blake3: None,
-            size: Some(size as u64),
-        })),
-    });
-    msgs.extend(chunks.into_iter().map(|c| StoreRequest {
-        msg: Some(store_request::Msg::Chunk(c)),
-    }));
+    msgs.push(StoreRequest::header(TENANT, Some(size as u64)));
+    msgs.extend(chunks.into_iter().map(StoreRequest::chunk));
     let mut request = tonic::Request::new(tokio_stream::iter(msgs));
     request.set_timeout(CALL_TIMEOUT);
     let answer = client.store(request).await?.into_inner();

@@ -25,7 +25,7 @@ use kura_placement::NodeState;
 use kura_proto::meta::{Command, Consistency, Query, QueryResult};
 use kura_proto::meta_client::{MetaClient, Retry};
 use kura_proto::v1::archive_client::ArchiveClient;
-use kura_proto::v1::{RetrieveRequest, StoreHeader, StoreRequest, store_request};
+use kura_proto::v1::{RetrieveRequest, StoreRequest};
 use tonic::transport::Channel;
 
 struct Args {
@@ -72,22 +72,7 @@ fn args() -> Args {
 }
 
 async fn store(client: &mut ArchiveClient<Channel>, bytes: Vec<u8>) -> Result<(), tonic::Status> {
-    let bytes = Bytes::from(bytes);
-    let mut msgs = vec![StoreRequest {
-        msg: Some(store_request::Msg::Header(StoreHeader {
-            tenant: "bench".into(),
-            expected_blake3: None,
-            size: Some(bytes.len() as u64),
-        })),
-    }];
-    let mut at = 0;
-    while at < bytes.len() {
-        let end = (at + 1024 * 1024).min(bytes.len());
-        msgs.push(StoreRequest {
-            msg: Some(store_request::Msg::Chunk(bytes.slice(at..end))),
-        });
-        at = end;
-    }
+    let msgs = StoreRequest::messages("bench", Bytes::from(bytes), 1024 * 1024);
     client.store(tokio_stream::iter(msgs)).await.map(|_| ())
 }
 

@@ -16,6 +16,42 @@ pub mod shards_client;
 pub mod v1 {
     tonic::include_proto!("kura.v1");
 
+    impl StoreRequest {
+        /// The first message of a Store: the tenant (empty: the caller's)
+        /// and, when known, the instance's size.
+        pub fn header(tenant: impl Into<String>, size: Option<u64>) -> Self {
+            StoreRequest {
+                msg: Some(store_request::Msg::Header(StoreHeader {
+                    tenant: tenant.into(),
+                    expected_blake3: None,
+                    size,
+                })),
+            }
+        }
+
+        /// A message carrying the next bytes of the instance.
+        pub fn chunk(bytes: bytes::Bytes) -> Self {
+            StoreRequest {
+                msg: Some(store_request::Msg::Chunk(bytes)),
+            }
+        }
+
+        /// A whole Store call: the header with the size, then `bytes` in
+        /// slices of `chunk` bytes (no copy).
+        pub fn messages(tenant: impl Into<String>, bytes: bytes::Bytes, chunk: usize) -> Vec<Self> {
+            let chunk = chunk.max(1);
+            let mut out = Vec::with_capacity(1 + bytes.len().div_ceil(chunk));
+            out.push(Self::header(tenant, Some(bytes.len() as u64)));
+            let mut at = 0;
+            while at < bytes.len() {
+                let end = (at + chunk).min(bytes.len());
+                out.push(Self::chunk(bytes.slice(at..end)));
+                at = end;
+            }
+            out
+        }
+    }
+
     /// Internal services between Kura's own processes (`kura.v1.internal`).
     pub mod internal {
         tonic::include_proto!("kura.v1.internal");

@@ -12,7 +12,7 @@ pub mod certs;
 use std::process::Child;
 
 use bytes::Bytes;
-use kura_proto::v1::{StoreHeader, StoreRequest, store_request};
+use kura_proto::v1::StoreRequest;
 
 /// A child process that is killed and reaped when dropped, so a failing
 /// test leaves nothing running.
@@ -62,19 +62,7 @@ pub const KURA_DEV_ON_FREE_PORTS: [&str; 7] =
 /// The messages of a Store call: the header (tenant, size), then `bytes` in
 /// `chunk`-byte pieces.
 pub fn store_messages(tenant: &str, bytes: &[u8], chunk: usize) -> Vec<StoreRequest> {
-    let mut out = vec![StoreRequest {
-        msg: Some(store_request::Msg::Header(StoreHeader {
-            tenant: tenant.into(),
-            expected_blake3: None,
-            size: Some(bytes.len() as u64),
-        })),
-    }];
-    for c in bytes.chunks(chunk.max(1)) {
-        out.push(StoreRequest {
-            msg: Some(store_request::Msg::Chunk(Bytes::copy_from_slice(c))),
-        });
-    }
-    out
+    StoreRequest::messages(tenant, Bytes::copy_from_slice(bytes), chunk)
 }
 
 /// Installs ring as rustls's provider (test processes that talk TLS

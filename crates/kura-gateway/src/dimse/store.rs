@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use kura_auth::ClientRole;
 use kura_dicom::dimse::{CommandSet, field, status, tag};
-use kura_proto::v1::{StoreHeader, StoreRequest, StoreResponse, store_request};
+use kura_proto::v1::{StoreRequest, StoreResponse};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -101,16 +101,8 @@ impl Operation {
         let (tx, rx) = mpsc::channel(QUEUE);
         let envelope = kura_dicom::file_meta(&class, &instance, transfer_syntax);
         let head = [
-            StoreRequest {
-                msg: Some(store_request::Msg::Header(StoreHeader {
-                    tenant,
-                    expected_blake3: None,
-                    size: None,
-                })),
-            },
-            StoreRequest {
-                msg: Some(store_request::Msg::Chunk(Bytes::from(envelope))),
-            },
+            StoreRequest::header(tenant, None),
+            StoreRequest::chunk(Bytes::from(envelope)),
         ];
         for m in head {
             // The receiver is alive: the task starts below.
@@ -152,10 +144,11 @@ impl Operation {
         let mut at = 0;
         while at < data.len() {
             let end = (at + store.chunk_bytes).min(data.len());
-            let chunk = StoreRequest {
-                msg: Some(store_request::Msg::Chunk(data.slice(at..end))),
-            };
-            if tx.send(Ok(chunk)).await.is_err() {
+            if tx
+                .send(Ok(StoreRequest::chunk(data.slice(at..end))))
+                .await
+                .is_err()
+            {
                 // Ingest ended early (a refusal): drop the rest.
                 store.tx = None;
                 return;

@@ -34,8 +34,8 @@ use kura_auth::{ClientRole, TlsMaterial, Transport};
 use kura_proto::code_name;
 use kura_proto::v1::archive_client::ArchiveClient;
 use kura_proto::v1::{
-    InstanceInfo, ListStudyRequest, Protection, RetrieveRequest, StatRequest, StoreHeader,
-    StoreRequest, retrieve_response, store_request,
+    InstanceInfo, ListStudyRequest, Protection, RetrieveRequest, StatRequest, StoreRequest,
+    retrieve_response,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -312,18 +312,11 @@ pub(super) async fn store_file_inner(
         bail!("not a regular file");
     }
     let size = meta.len();
-    let header = StoreRequest {
-        msg: Some(store_request::Msg::Header(StoreHeader {
-            tenant,
-            expected_blake3: None,
-            size: Some(size),
-        })),
-    };
+    let header = StoreRequest::header(tenant, Some(size));
     let read_error = Arc::new(Mutex::new(None));
     let chunks = file_chunks(file, size, read_error.clone(), bar.clone(), sent.clone());
-    let requests = stream::once(async move { header }).chain(chunks.map(|chunk| StoreRequest {
-        msg: Some(store_request::Msg::Chunk(chunk.into())),
-    }));
+    let requests = stream::once(async move { header })
+        .chain(chunks.map(|chunk| StoreRequest::chunk(chunk.into())));
     let answer = client.store(requests).await;
     // A local read failure ended the stream early: the gateway's refusal of
     // the short stream is its consequence, not the cause.

@@ -31,8 +31,8 @@ use kura_dicom::synthetic::{Synthetic, instance, uid};
 use kura_proto::v1::archive_client::ArchiveClient;
 use kura_proto::v1::drill_site_request::Action;
 use kura_proto::v1::{
-    DrillSiteRequest, ListInstancesRequest, RetrieveRequest, StatusRequest, StoreHeader,
-    StoreRequest, retrieve_response, store_request,
+    DrillSiteRequest, ListInstancesRequest, RetrieveRequest, StatusRequest, StoreRequest,
+    retrieve_response,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};

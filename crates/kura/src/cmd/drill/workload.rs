@@ -37,22 +37,7 @@ pub(super) async fn store_once(
     tenant: &str,
     bytes: Vec<u8>,
 ) -> Result<(), tonic::Status> {
-    let mut msgs = vec![StoreRequest {
-        msg: Some(store_request::Msg::Header(StoreHeader {
-            tenant: tenant.to_string(),
-            expected_blake3: None,
-            size: Some(bytes.len() as u64),
-        })),
-    }];
-    let bytes = Bytes::from(bytes);
-    let mut at = 0;
-    while at < bytes.len() {
-        let end = (at + 1024 * 1024).min(bytes.len());
-        msgs.push(StoreRequest {
-            msg: Some(store_request::Msg::Chunk(bytes.slice(at..end))),
-        });
-        at = end;
-    }
+    let msgs = StoreRequest::messages(tenant, Bytes::from(bytes), 1024 * 1024);
     let mut req = tonic::Request::new(tokio_stream::iter(msgs));
     req.set_timeout(Duration::from_secs(20));
     client.store(req).await.map(|_| ())
