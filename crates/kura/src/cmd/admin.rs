@@ -186,17 +186,7 @@ pub enum KeysCommand {
 pub fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let result = rt.block_on(run_async(command));
-    match result {
-        Err(err)
-            if err
-                .downcast_ref::<RpcError>()
-                .is_some_and(RpcError::is_refusal) =>
-        {
-            eprintln!("kura: {err:#}");
-            Ok(ExitCode::from(1))
-        }
-        other => other,
-    }
+    result.or_else(crate::cmd::client::exit_on_refusal)
 }
 
 pub async fn admin_client(c: &AdminConnect) -> anyhow::Result<(AdminClient<Channel>, String)> {

@@ -286,18 +286,23 @@ pub fn run(command: ClientCommand) -> anyhow::Result<ExitCode> {
         }
     });
     match result {
-        // The gateway said no to what was asked: the input's fault, exit 1.
-        Err(err)
-            if err
-                .downcast_ref::<RpcError>()
-                .is_some_and(RpcError::is_refusal) =>
-        {
-            eprintln!("kura: {err:#}");
-            Ok(ExitCode::from(1))
-        }
         // The reader of stdout went away (`kura ls | head`): nothing to say.
         Err(err) if is_broken_pipe(&err) => Ok(ExitCode::from(2)),
-        other => other,
+        other => other.or_else(exit_on_refusal),
+    }
+}
+
+/// The gateway said no to what was asked: the input's fault, its message
+/// and exit 1. Any other error stays an error.
+pub(crate) fn exit_on_refusal(err: anyhow::Error) -> anyhow::Result<ExitCode> {
+    if err
+        .downcast_ref::<RpcError>()
+        .is_some_and(RpcError::is_refusal)
+    {
+        eprintln!("kura: {err:#}");
+        Ok(ExitCode::from(1))
+    } else {
+        Err(err)
     }
 }
 
