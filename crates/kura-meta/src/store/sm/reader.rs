@@ -10,6 +10,9 @@ pub type StudyPage = (Vec<Manifest>, Option<(String, String)>);
 /// One page of damaged shards with their manifests, and the next cursor.
 pub type DamagedPage = (Vec<(DamagedShard, Option<Manifest>)>, Option<DamagedShard>);
 
+/// One RocksDB entry: key and value.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Read access to a node's applied state, for queries served outside
 /// openraft. Cheap to clone.
 #[derive(Clone)]
@@ -28,6 +31,25 @@ impl StateReader {
             None => Ok(None),
             Some(b) => Ok(Some(codec::decode(&b).map_err(read_err)?)),
         }
+    }
+
+    /// The entries of column family `cf_name` from `start` on, for as long
+    /// as their keys begin with `prefix`.
+    fn scan<'a>(
+        &'a self,
+        cf_name: &str,
+        start: &[u8],
+        prefix: &'a [u8],
+    ) -> Result<impl Iterator<Item = Result<KeyValue, StorageError>> + 'a, StorageError> {
+        let h = cf(&self.db, cf_name)?;
+        Ok(self
+            .db
+            .iterator_cf(h, IteratorMode::From(start, Direction::Forward))
+            .map(|item| item.map_err(read_err))
+            .take_while(move |item| {
+                item.as_ref()
+                    .map_or(true, |(key, _)| key.starts_with(prefix))
+            }))
     }
 
     /// The manifest of (tenant, uid), if stored.
@@ -266,17 +288,10 @@ impl StateReader {
 
     /// The cluster key versions whose check values are recorded, ascending.
     pub fn key_versions(&self) -> Result<Vec<u32>, StorageError> {
-        let h = cf(&self.db, CF_SM)?;
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(h, IteratorMode::From(KEY_CHECK_PREFIX, Direction::Forward))
-        {
-            let (key, _) = item.map_err(read_err)?;
-            let Some(rest) = key.strip_prefix(KEY_CHECK_PREFIX) else {
-                break;
-            };
-            if let Ok(v) = <[u8; 4]>::try_from(rest) {
+        for item in self.scan(CF_SM, KEY_CHECK_PREFIX, KEY_CHECK_PREFIX)? {
+            let (key, _) = item?;
+            if let Ok(v) = <[u8; 4]>::try_from(&key[KEY_CHECK_PREFIX.len()..]) {
                 out.push(u32::from_be_bytes(v));
             }
         }
@@ -375,7 +390,6 @@ impl StateReader {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Manifest>, Option<Vec<u8>>), StorageError> {
-        let h = cf(&self.db, cf_name)?;
         let mut start = prefix.to_vec();
         if let Some(after) = after.filter(|a| a.starts_with(prefix)) {
             start = after.to_vec();
@@ -384,14 +398,8 @@ impl StateReader {
         let mut keys = Vec::new();
         let mut cursors = Vec::new();
         let mut next = None;
-        for item in self
-            .db
-            .iterator_cf(h, IteratorMode::From(&start, Direction::Forward))
-        {
-            let (key, _) = item.map_err(read_err)?;
-            if !key.starts_with(prefix) {
-                break;
-            }
+        for item in self.scan(cf_name, &start, prefix)? {
+            let (key, _) = item?;
             if keys.len() == limit {
                 next = cursors.last().cloned();
                 break;
@@ -432,7 +440,6 @@ impl StateReader {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Manifest>, Option<Vec<u8>>), StorageError> {
-        let h = cf(&self.db, CF_MANIFESTS)?;
         let prefix = manifest_key(tenant, "");
         let mut start = manifest_key(tenant, after.unwrap_or(""));
         if after.is_some() {
@@ -440,14 +447,8 @@ impl StateReader {
         }
         let mut out = Vec::new();
         let mut next = None;
-        for item in self
-            .db
-            .iterator_cf(h, IteratorMode::From(&start, Direction::Forward))
-        {
-            let (key, value) = item.map_err(read_err)?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
+        for item in self.scan(CF_MANIFESTS, &start, &prefix)? {
+            let (_, value) = item?;
             if out.len() == limit {
                 next = out
                     .last()
@@ -461,15 +462,11 @@ impl StateReader {
 
     /// How many manifests name `node` as a holder, up to `max`.
     pub fn count_on_node(&self, node: NodeId, max: u64) -> Result<u64, StorageError> {
-        let h = cf(&self.db, CF_HOLDERS)?;
         let prefix = node.to_be_bytes();
         let mut n = 0;
-        for item in self
-            .db
-            .iterator_cf(h, IteratorMode::From(&prefix, Direction::Forward))
-        {
-            let (key, _) = item.map_err(read_err)?;
-            if !key.starts_with(&prefix) || n >= max {
+        for item in self.scan(CF_HOLDERS, &prefix, &prefix)? {
+            item?;
+            if n >= max {
                 break;
             }
             n += 1;
@@ -576,17 +573,10 @@ impl StateReader {
                 start = prefix.clone();
             }
         }
-        let h_study = cf(&self.db, CF_STUDY)?;
         let mut keys = Vec::new();
         let mut next = None;
-        for item in self
-            .db
-            .iterator_cf(h_study, IteratorMode::From(&start, Direction::Forward))
-        {
-            let (key, _) = item.map_err(read_err)?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
+        for item in self.scan(CF_STUDY, &start, &prefix)? {
+            let (key, _) = item?;
             if keys.len() == limit {
                 next = keys.last().cloned();
                 break;
